@@ -1,0 +1,115 @@
+"""What flows through the hook pipeline: one model call, one tool call, their usage."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from iron_sdk.errors import usd
+
+if TYPE_CHECKING:
+    from iron_sdk.session import Session
+
+# Call ids: a per-process random prefix plus a counter (uuid4 per call costs more and
+# buys nothing; ids only need to be unique across the processes sharing a ledger).
+_PREFIX = os.urandom(6).hex()
+_counter = itertools.count(1)
+
+
+def new_id() -> str:
+    return f"{_PREFIX}-{next(_counter)}"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Provider-reported token counts (or counted ones, for streams without usage)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0  # part of input_tokens, billed at the cache-read price
+    cache_creation_tokens: int = 0  # part of input_tokens, billed at the cache-write price
+    reasoning_tokens: int = 0  # part of output_tokens
+    counted: bool = False  # True when estimated by us rather than reported
+
+
+@dataclass(slots=True, eq=False)
+class LlmCall:
+    """One model request, as every door builds it."""
+
+    session: Session
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    stream: bool = False
+    kind: str = "chat"  # chat | embedding | completion
+    source: str = "sdk"  # which door/plugin built it: openai, langchain, router, ...
+    provider: str = ""
+    call_id: str = field(default_factory=new_id)
+    started: float = field(default_factory=time.perf_counter)
+    input_tokens_est: int = 0
+    max_output_tokens: int = 0  # what the reservation assumed
+    reserved_micro: int = 0
+    reserved_scopes: tuple[str, ...] = ()
+    ledger_reserved: bool = False
+    findings: list[str] = field(default_factory=list)  # kinds only, never values
+    redacted: bool = False
+    usage: Usage | None = None
+    cost_micro: int = 0
+    outcome: str = "pending"  # pending | completed | failed | blocked
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def agent_id(self) -> str:
+        return self.session.agent_id
+
+    @property
+    def cost_usd(self) -> float:
+        return usd(self.cost_micro)
+
+    @property
+    def latency_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+@dataclass(slots=True, eq=False)
+class ToolCall:
+    """One agent tool invocation (audited; may be refused by a plugin)."""
+
+    session: Session
+    name: str
+    arguments: Any = None
+    source: str = "sdk"
+    call_id: str = field(default_factory=new_id)
+    started: float = field(default_factory=time.perf_counter)
+    error: BaseException | None = None
+
+
+def _get(obj: Any, name: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name)
+    # Read pydantic models' fields from __dict__: a missing name through getattr would go
+    # through pydantic's __getattr__, which costs tens of µs to raise AttributeError.
+    fields = getattr(obj, "__dict__", None)
+    if fields is not None and name in fields:
+        return fields[name]
+    extra = getattr(obj, "__pydantic_extra__", None)
+    return extra.get(name) if extra else getattr(obj, name, None) if fields is None else None
+
+
+def usage_from_openai(usage: Any) -> Usage | None:
+    """Usage from an OpenAI-format ``usage`` object or dict (also litellm's)."""
+    if usage is None:
+        return None
+    prompt_details = _get(usage, "prompt_tokens_details")
+    completion_details = _get(usage, "completion_tokens_details")
+    return Usage(
+        input_tokens=_get(usage, "prompt_tokens") or 0,
+        output_tokens=_get(usage, "completion_tokens") or 0,
+        cached_input_tokens=(_get(prompt_details, "cached_tokens") or 0) if prompt_details else 0,
+        cache_creation_tokens=_get(usage, "cache_creation_input_tokens") or 0,
+        reasoning_tokens=(_get(completion_details, "reasoning_tokens") or 0)
+        if completion_details else 0,
+    )

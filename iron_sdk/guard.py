@@ -1,0 +1,143 @@
+"""Governing one model call by hand (``llm_call``) and the pieces plugins share.
+
+Every integration — ours or a user's — drives a call the same way:
+``runtime.begin_call`` before the request, then ``settle_call`` with the usage or
+``fail_call`` with the error. :class:`StreamMeter` does the settling for streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any
+
+from iron_sdk.call import LlmCall, Usage
+from iron_sdk.errors import IronCageError
+from iron_sdk.events import call_event
+from iron_sdk.session import active_session
+from iron_sdk.tokens import count_text
+
+
+class LlmCallGuard:
+    """Context manager returned by :func:`llm_call`."""
+
+    def __init__(self, model: str, messages: list[dict[str, Any]], max_tokens: int | None,
+                 **options: Any) -> None:
+        self._args = (model, messages, max_tokens)
+        self._options = options
+        self.call: LlmCall | None = None
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The messages to send: redacted where the safety policy redacts."""
+        assert self.call is not None, "use llm_call(...) as a context manager"
+        return self.call.messages
+
+    @property
+    def cost_usd(self) -> float:
+        return self.call.cost_usd if self.call else 0.0
+
+    def record(self, input_tokens: int, output_tokens: int, *, cached_input_tokens: int = 0,
+               reasoning_tokens: int = 0) -> None:
+        """Report the usage the provider returned; the call is charged for it."""
+        assert self.call is not None, "record() belongs inside the with block"
+        self.call.session.runtime.settle_call(self.call, Usage(
+            input_tokens=input_tokens, output_tokens=output_tokens,
+            cached_input_tokens=cached_input_tokens, reasoning_tokens=reasoning_tokens))
+
+    def __enter__(self) -> LlmCallGuard:
+        session = active_session()
+        if session is None:
+            raise IronCageError("llm_call() must run inside a @protect_agent function.")
+        model, messages, max_tokens = self._args
+        self.call = session.runtime.begin_call(session, model=model, messages=messages,
+                                               max_tokens=max_tokens, **self._options)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        call = self.call
+        if call is None or call.outcome != "pending":
+            return
+        runtime = call.session.runtime
+        if exc is not None:
+            runtime.fail_call(call, exc)
+            return
+        # Left without record(): never charge $0 silently — charge what was reserved.
+        runtime.settle_call(call, Usage(input_tokens=call.input_tokens_est,
+                                        output_tokens=call.max_output_tokens, counted=True))
+        runtime.emit(call_event("usage_missing", call))
+
+    async def __aenter__(self) -> LlmCallGuard:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def llm_call(*, model: str, messages: list[dict[str, Any]], max_tokens: int | None = None,
+             stream: bool = False, source: str = "llm_call") -> LlmCallGuard:
+    """Govern a call made with any client::
+
+        with llm_call(model="gpt-4o-mini", messages=msgs, max_tokens=200) as call:
+            reply = my_client.chat(call.messages)          # possibly redacted
+            call.record(input_tokens=reply.in_tok, output_tokens=reply.out_tok)
+
+    Entering runs the request policies (may raise ``BudgetExceededError`` or
+    ``SafetyViolationError``); leaving with an exception releases the reservation.
+    """
+    return LlmCallGuard(model, messages, max_tokens, stream=stream, source=source)
+
+
+class StreamMeter:
+    """Settles a streamed call exactly once: with the provider's usage chunk when one
+    came, else with the streamed text counted; an abandoned stream pays for what was
+    generated, a stream that produced nothing and failed is released."""
+
+    __slots__ = ("call", "parts", "usage", "done")
+
+    def __init__(self, call: LlmCall) -> None:
+        self.call = call
+        self.parts: list[str] = []
+        self.usage: Usage | None = None
+        self.done = False
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        call = self.call
+        usage = self.usage or Usage(
+            input_tokens=call.input_tokens_est,
+            output_tokens=count_text(call.model, "".join(self.parts)), counted=True)
+        call.session.runtime.settle_call(call, usage)
+
+    def fail(self, error: BaseException) -> None:
+        if self.done:
+            return
+        if self.parts or self.usage:
+            self.finish()  # tokens were generated: they are billed
+        else:
+            self.done = True
+            self.call.session.runtime.fail_call(self.call, error)
+
+
+_outer: ContextVar[bool] = ContextVar("iron_outer_governed", default=False)
+
+
+def is_outer_governed() -> bool:
+    """True while an outer integration (e.g. LangChain's) governs the request in flight,
+    so an inner one (the openai client under ChatOpenAI) must not charge it again."""
+    return _outer.get()
+
+
+@contextmanager
+def outer_governed() -> Iterator[None]:
+    token = _outer.set(True)
+    try:
+        yield
+    finally:
+        _outer.reset(token)

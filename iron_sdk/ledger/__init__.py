@@ -1,0 +1,33 @@
+"""Budget ledgers: reserve before each LLM call, settle after it."""
+
+from __future__ import annotations
+
+import os
+
+from iron_sdk.ledger.base import Ledger, LedgerError, ScopeState, Settlement, UsageRow
+from iron_sdk.ledger.memory import MemoryLedger
+from iron_sdk.ledger.sqlite import SQLiteLedger
+
+__all__ = ["Ledger", "LedgerError", "MemoryLedger", "SQLiteLedger", "ScopeState", "Settlement",
+           "UsageRow", "open_ledger"]
+
+_FORMS = "'memory', 'sqlite:///abs/path.db' or a plain filesystem path"
+
+
+def open_ledger(url: str) -> Ledger:
+    """Open the ledger ``url`` names: ``"memory"``, ``"sqlite:///abs/path.db"`` or a path."""
+    if url == "memory":
+        return MemoryLedger()
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://"):]
+        if not path.startswith("/"):
+            raise ValueError(f"sqlite ledger URL needs an absolute path; expected {_FORMS}")
+        return SQLiteLedger(path)
+    if "://" in url:
+        # Only the scheme is echoed: the rest of a URL may carry credentials.
+        scheme = url.split("://", 1)[0]
+        raise ValueError(f"unsupported ledger URL scheme '{scheme}://'; expected {_FORMS}")
+    # ':memory:' would give every per-thread connection its own empty database.
+    if not url or url == ":memory:":
+        raise ValueError(f"unsupported ledger {url!r}; expected {_FORMS}")
+    return SQLiteLedger(os.path.expanduser(url))

@@ -1,0 +1,1 @@
+"""Built-in policies: plugins on the same hook spec as everyone else's."""

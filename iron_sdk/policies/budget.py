@@ -1,0 +1,146 @@
+"""Budget policy: reserve before the call against every scope, settle after, release on failure.
+
+The session cap is held in memory (a session lives in one runtime); the agent's and
+wider scopes live in the shared ledger, reserved atomically across processes. The
+session lock is held across both so the pair is atomic too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from iron_sdk.errors import BudgetExceededError, RuntimeUnavailableError, usd
+from iron_sdk.events import make_event
+from iron_sdk.hookspecs import hookimpl
+from iron_sdk.ledger import ScopeState, Settlement
+from iron_sdk.ledger.writer import WriteBehindLedger
+from iron_sdk.tokens import count_messages
+
+if TYPE_CHECKING:
+    from iron_sdk.call import LlmCall
+    from iron_sdk.ledger import Ledger
+    from iron_sdk.runtime import Runtime
+    from iron_sdk.session import Session
+
+log = logging.getLogger("iron_sdk.budget")
+DEFAULT_MAX_OUTPUT = 4096  # when neither the call nor the price data names a maximum
+
+
+class BudgetPolicy:
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+        self.ledger: Ledger | None = None
+        self._deferred = False
+        self._pending: dict[str, tuple[float, ...]] = {}  # call id → thresholds to check
+
+    @hookimpl
+    def iron_configure(self, runtime: Runtime) -> None:
+        self.runtime, self.ledger = runtime, runtime.ledger
+        if isinstance(self.ledger, WriteBehindLedger):
+            self.ledger.on_settled = self._written
+            self._deferred = True
+
+    @hookimpl(trylast=True)
+    def iron_llm_request(self, call: LlmCall) -> None:
+        assert self.runtime is not None and self.ledger is not None
+        session = call.session
+        price = self.runtime.price(call.model)
+        call.provider = call.provider or price.provider
+        if not call.input_tokens_est:
+            call.input_tokens_est = count_messages(call.model, call.messages,
+                                                   call.metadata.get("tools"))
+        if call.kind == "embedding":
+            max_out = 0
+        else:
+            max_out = (call.max_tokens or session.budget.default_max_tokens
+                       or price.max_output_tokens or DEFAULT_MAX_OUTPUT)
+        call.max_output_tokens = max_out
+        amount = price.estimate_micro(call.input_tokens_est, max_out)
+        with session.lock:
+            cap = session.cap_micro
+            if cap is not None and session.spent_micro + session.reserved_micro + amount > cap:
+                raise BudgetExceededError(
+                    scope=f"session:{session.agent_id}", limit_usd=usd(cap),
+                    spent_usd=usd(session.spent_micro + session.reserved_micro),
+                    requested_usd=usd(amount))
+            try:
+                call.ledger_reserved = self.ledger.reserve(
+                    call.call_id, session.scopes, amount, session.budget.lease_s)
+            except RuntimeUnavailableError as exc:
+                self._ledger_failed(session, "reserve", exc)
+            session.reserved_micro += amount
+            call.reserved_micro = amount
+            call.reserved_scopes = session.scopes
+
+    @hookimpl
+    def iron_llm_response(self, call: LlmCall) -> None:
+        assert self.runtime is not None and self.ledger is not None and call.usage is not None
+        session = call.session
+        with session.lock:
+            session.reserved_micro -= call.reserved_micro
+            session.spent_micro += call.cost_micro
+            session.calls += 1
+            session_state = ScopeState(f"session:{session.session_id}", session.cap_micro,
+                                       session.spent_micro, session.reserved_micro)
+        thresholds = session.budget.thresholds
+        if session.cap_micro is not None:
+            self._thresholds(session.agent_id, call.cost_micro, thresholds, [session_state])
+        if self._deferred:  # written behind: thresholds are checked once it is written
+            self._pending[call.call_id] = thresholds
+        try:
+            states = self.ledger.settle(
+                call.call_id, session.scopes, call.cost_micro, agent_id=session.agent_id,
+                model=call.model, input_tokens=call.usage.input_tokens,
+                output_tokens=call.usage.output_tokens)
+        except RuntimeUnavailableError as exc:
+            # The provider already answered: the charge cannot be refused, only logged.
+            log.error("ledger settle failed for call %s: %s", call.call_id, exc)
+            self.runtime.emit(make_event("ledger_error", call_id=call.call_id, op="settle",
+                                         agent_id=session.agent_id, cost_micro=call.cost_micro))
+            return
+        if states is not None:
+            self._thresholds(session.agent_id, call.cost_micro, thresholds, states)
+
+    def _written(self, item: Settlement, states: list[ScopeState]) -> None:
+        thresholds = self._pending.pop(item.reservation_id, ())
+        self._thresholds(item.agent_id, item.cost_micro, thresholds, states)
+
+    @hookimpl
+    def iron_llm_error(self, call: LlmCall) -> None:
+        self.release(call)
+
+    def release(self, call: LlmCall) -> None:
+        if not call.reserved_micro:
+            return
+        session = call.session
+        with session.lock:
+            session.reserved_micro -= call.reserved_micro
+        amount, call.reserved_micro = call.reserved_micro, 0
+        if call.ledger_reserved and self.ledger is not None:
+            try:
+                self.ledger.release(call.call_id)
+            except RuntimeUnavailableError as exc:  # the lease frees it later anyway
+                log.warning("ledger release of %d µ$ failed: %s", amount, exc)
+
+    def _ledger_failed(self, session: Session, op: str, exc: RuntimeUnavailableError) -> None:
+        if session.budget.on_ledger_error == "closed":
+            raise exc
+        log.warning("ledger %s failed, proceeding (on_ledger_error='open'): %s", op, exc)
+        assert self.runtime is not None
+        self.runtime.emit(make_event("ledger_error", op=op, agent_id=session.agent_id,
+                                     action="fail_open"))
+
+    def _thresholds(self, agent_id: str, cost_micro: int, thresholds: tuple[float, ...],
+                    states: list[ScopeState]) -> None:
+        """Emit ``budget_threshold`` for each mark this charge crossed."""
+        assert self.runtime is not None
+        for state in states:
+            if not state.limit_micro:
+                continue
+            before = state.spent_micro - cost_micro
+            for t in thresholds:
+                if before < t * state.limit_micro <= state.spent_micro:
+                    self.runtime.emit(make_event(
+                        "budget_threshold", scope=state.scope, threshold=t, agent_id=agent_id,
+                        spent_micro=state.spent_micro, limit_micro=state.limit_micro))

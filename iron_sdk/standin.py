@@ -1,0 +1,209 @@
+"""A local stand-in for an OpenAI-compatible provider (demo, examples, tests, benchmarks).
+
+A real HTTP server on loopback that answers ``/v1/chat/completions`` (plain and
+streamed), ``/v1/embeddings`` and ``/v1/models`` deterministically and records every
+request it receives, so tests can assert what left the machine. Paid APIs are never
+contacted. Standard library only.
+
+Knobs: a model named ``fail-<status>`` answers with that HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+WORDS = ("Sure", "here", "is", "a", "short", "answer", "from", "the", "local", "stand-in",
+         "provider", "today")
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """The stand-in's own token count (deliberately not ours: providers count)."""
+    total = 0
+    for m in messages:
+        content = m.get("content")
+        text = content if isinstance(content, str) else json.dumps(content)
+        total += 4 + len(text or "") // 4
+    return total + 2
+
+
+class StandInProvider:
+    """``with StandInProvider() as provider: provider.url`` → ``http://127.0.0.1:PORT/v1``."""
+
+    def __init__(self, *, reply_words: int = 12, stream_usage: bool = True,
+                 cached_tokens: int = 0, chunk_delay_s: float = 0.0, port: int = 0) -> None:
+        self.reply_words = reply_words
+        self.stream_usage = stream_usage  # False: never send a usage chunk
+        self.cached_tokens = cached_tokens
+        self.chunk_delay_s = chunk_delay_s
+        self.requests: list[dict[str, Any]] = []  # bodies received, in order
+        self.headers: list[dict[str, str]] = []
+        self.completed_streams = 0
+        self._lock = threading.Lock()
+        provider = self
+
+        class Handler(_Handler):
+            owner = provider
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> StandInProvider:
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                        kwargs={"poll_interval": 0.05})
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> StandInProvider:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _record(self, body: dict[str, Any], headers: dict[str, str]) -> None:
+        with self._lock:
+            self.requests.append(body)
+            self.headers.append(headers)
+
+    def reply_text(self, max_tokens: int | None) -> list[str]:
+        n = self.reply_words if max_tokens is None else min(self.reply_words, max_tokens)
+        return [WORDS[i % len(WORDS)] + ("" if i == n - 1 else " ") for i in range(n)]
+
+    def usage(self, body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
+        prompt = prompt_tokens(body.get("messages") or [])
+        return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+                "total_tokens": prompt + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt)},
+                "completion_tokens_details": {"reasoning_tokens": 0}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: StandInProvider
+    protocol_version = "HTTP/1.1"  # keep-alive, like real providers
+    disable_nagle_algorithm = True  # headers and body go out at once, as from a real server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _json(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._json(200, {"object": "list", "data": [
+                {"id": "gpt-4o-mini", "object": "model", "owned_by": "stand-in"}]})
+        else:
+            self._json(404, {"error": {"message": "not found", "type": "invalid_request_error",
+                                       "code": "not_found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        self.owner._record(body, {k.lower(): v for k, v in self.headers.items()})
+        model = str(body.get("model", ""))
+        if model.startswith("fail-"):
+            status = int(model.removeprefix("fail-") or 500)
+            self._json(status, {"error": {"message": f"stand-in failure {status}",
+                                          "type": "server_error", "code": str(status)}})
+        elif self.path.endswith("/embeddings"):
+            self._embeddings(body)
+        elif self.path.endswith("/chat/completions"):
+            if body.get("stream"):
+                self._stream(body)
+            else:
+                self._chat(body)
+        else:
+            self._json(404, {"error": {"message": "not found", "type": "invalid_request_error",
+                                       "code": "not_found"}})
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        words = self.owner.reply_text(body.get("max_completion_tokens") or body.get("max_tokens"))
+        self._json(200, {
+            "id": "chatcmpl-standin", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "".join(words)}}],
+            "usage": self.owner.usage(body, len(words)),
+        })
+
+    def _embeddings(self, body: dict[str, Any]) -> None:
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        tokens = sum(1 + len(str(x)) // 4 for x in items)
+        self._json(200, {"object": "list", "model": body.get("model"), "data": [
+            {"object": "embedding", "index": i, "embedding": [0.1] * 8}
+            for i in range(len(items))],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    def _stream(self, body: dict[str, Any]) -> None:
+        owner = self.owner
+        words = owner.reply_text(body.get("max_completion_tokens") or body.get("max_tokens"))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        base = {"id": "chatcmpl-standin", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": body.get("model")}
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def send(payload: dict[str, Any] | str) -> None:
+            data = payload if isinstance(payload, str) else json.dumps(payload)
+            chunk = f"data: {data}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+
+        try:
+            send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                       "finish_reason": None}]})
+            for word in words:
+                if owner.chunk_delay_s:
+                    time.sleep(owner.chunk_delay_s)
+                send({**base, "choices": [{"index": 0, "delta": {"content": word},
+                                           "finish_reason": None}]})
+            send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if want_usage and owner.stream_usage:
+                send({**base, "choices": [], "usage": owner.usage(body, len(words))})
+            send("[DONE]")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            with owner._lock:
+                owner.completed_streams += 1
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m iron_sdk.standin --port 0``: serve until killed; prints the URL first."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="local stand-in OpenAI-compatible provider")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--reply-words", type=int, default=12)
+    parser.add_argument("--chunk-delay", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    provider = StandInProvider(port=args.port, reply_words=args.reply_words,
+                               chunk_delay_s=args.chunk_delay)
+    print(provider.url, flush=True)
+    try:
+        provider.server.serve_forever(poll_interval=0.05)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Token counting for reservations and for streams that report no usage.
+
+tiktoken would download its encodings on first use (impossible offline); the litellm
+wheel ships the cl100k/o200k files under the names tiktoken caches them by, so we point
+``TIKTOKEN_CACHE_DIR`` there unless the user set it. tiktoken is imported on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+
+from iron_sdk.pricing import litellm_dir
+
+_encoders: dict[str, Any] = {}
+_lock = threading.Lock()
+# Per-message framing tokens in the chat format (role, separators) and reply priming.
+PER_MESSAGE = 3
+PER_REPLY = 3
+IMAGE_TOKENS = 765  # a high-detail image tile budget; settle corrects it
+
+
+def _encoding_name(model: str) -> str:
+    m = model.rsplit("/", 1)[-1]
+    legacy = ("gpt-4-", "gpt-3.5", "text-embedding", "gpt-4")
+    if m.startswith(legacy) and not m.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5")):
+        return "cl100k_base"
+    return "o200k_base"
+
+
+def _encoder(model: str) -> Any:
+    name = _encoding_name(model)
+    enc = _encoders.get(name)
+    if enc is None:
+        with _lock:
+            if name not in _encoders:
+                if "TIKTOKEN_CACHE_DIR" not in os.environ:
+                    root = litellm_dir()
+                    if root is not None:
+                        os.environ["TIKTOKEN_CACHE_DIR"] = str(
+                            root / "litellm_core_utils" / "tokenizers")
+                import tiktoken
+
+                _encoders[name] = tiktoken.get_encoding(name)
+            enc = _encoders[name]
+    return enc
+
+
+# Agents resend the same system prompt and history on every call: count each text once.
+_counts: dict[tuple[str, str], int] = {}
+_COUNTS_MAX = 8192
+_CACHEABLE = 32_768  # characters
+
+
+def count_text(model: str, text: str) -> int:
+    if not text:
+        return 0
+    key = (_encoding_name(model), text)
+    n = _counts.get(key)
+    if n is not None:
+        return n
+    try:
+        n = len(_encoder(model).encode_ordinary(text))
+    except Exception:  # no tokenizer available: a safe over-estimate (1 token ≤ 1 byte)
+        n = len(text.encode())
+    if len(text) <= _CACHEABLE:
+        if len(_counts) >= _COUNTS_MAX:
+            _counts.clear()
+        _counts[key] = n
+    return n
+
+
+def count_messages(model: str, messages: list[dict[str, Any]],
+                   tools: list[Any] | None = None) -> int:
+    """Input tokens of a chat request, in OpenAI's framing (close for other models)."""
+    total = PER_REPLY
+    for message in messages:
+        total += PER_MESSAGE
+        content = message.get("content")
+        if isinstance(content, str):
+            total += count_text(model, content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    total += count_text(model, part["text"])
+                elif isinstance(part, dict):
+                    total += IMAGE_TOKENS
+        if message.get("tool_calls"):
+            total += count_text(model, json.dumps(message["tool_calls"]))
+        if message.get("name"):
+            total += 1
+    if tools:
+        total += count_text(model, json.dumps(tools))
+    return total
