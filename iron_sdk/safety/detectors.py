@@ -282,8 +282,15 @@ def _numbers(text: str, out: list[_Span]) -> None:
 
 
 # ------------------------------------------------------------------------------------- IPv6
-# ':' followed by a hex digit or ':' is rare in prose, and cheap to find (literal prefix).
-_IPV6_GATE = re.compile(r":[0-9A-Fa-f:]")
+# Found from its first ':' (a literal prefix, cheap to scan for). The gate already asks for an
+# address-like shape - a '::' or eight groups, a group of 3+ hex digits, a boundary at the end -
+# so that times ("12:30:45"), MACs, slices ("a[1::2]") and "std::vector" are rejected inside re,
+# without a Python-level look at each of them.
+_IPV6_GATE = re.compile(
+    r":(?=:|[0-9A-Fa-f:]*::|(?:[0-9A-Fa-f]{1,4}:){6}[0-9A-Fa-f])"
+    r"(?:(?<=[0-9A-Fa-f]{3}:)|(?=[0-9A-Fa-f:]*[0-9A-Fa-f]{3}))"
+    r"[0-9A-Fa-f:]*(?:\.[0-9]{1,3}){0,3}(?![A-Za-z0-9_:])"
+)
 _IPV6 = re.compile(
     r"(?:[0-9A-Fa-f]{0,4}:){2,8}"
     r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]{1,4})?"

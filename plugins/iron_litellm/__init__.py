@@ -1,0 +1,1 @@
+"""iron-sdk plugin package (being written)."""
