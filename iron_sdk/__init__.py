@@ -35,7 +35,14 @@ _EXPORTS = {
         "RuntimeUnavailableError", "UnknownModelPriceError", "ModelNotFoundError")},
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BudgetConfig", "BudgetExceededError", "CircuitOpenError", "InvalidRequestError",
+    "InvalidTokenError", "IronCageError", "ModelNotFoundError", "RateLimitedError",
+    "ReliabilityConfig", "Runtime", "RuntimeConfig", "RuntimeUnavailableError",
+    "SafetyConfig", "SafetyViolationError", "Session", "UnknownModelPriceError",
+    "current_session", "get_runtime", "hookimpl", "llm_call", "protect_agent", "set_runtime",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

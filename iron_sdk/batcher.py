@@ -9,6 +9,7 @@ window instead of once per call also keeps it from contending with the caller's 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import queue
 import threading
@@ -70,7 +71,5 @@ class Batcher(Generic[T]):
 @atexit.register
 def _flush_all() -> None:
     for batcher in list(_live):
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown: best effort
             batcher.flush()
-        except Exception:  # interpreter shutdown: best effort
-            pass

@@ -32,14 +32,15 @@ def main() -> int:
         console.print(f"IRON_HOME={os.environ['IRON_HOME']}  stand-in provider at {provider.url}")
 
         @protect_agent(agent_id="demo-agent", budget_usd=0.0002)
-        def agent(questions: list[str]) -> None:
+        def agent(questions: list[str], verbose: bool = True) -> None:
             for q in questions:
                 client.chat.completions.create(
                     model="gpt-4o-mini", max_tokens=64,
                     messages=[{"role": "user", "content": q}])
                 s = current_session()
-                console.print(f"  call {s.calls}: spent ${s.spent_usd:.6f}, "
-                              f"left ${s.remaining_usd:.6f} of ${s.budget_usd:.6f}")
+                if verbose:
+                    console.print(f"  call {s.calls}: spent ${s.spent_usd:.6f}, "
+                                  f"left ${s.remaining_usd:.6f} of ${s.budget_usd:.6f}")
 
         console.print("\n[bold]1. Spend, reserved before and settled after each call[/]")
         agent(["What is a ledger?", "And a lease?"])
@@ -53,11 +54,11 @@ def main() -> int:
         console.print("\n[bold]3. Budget stop: refused before the request leaves[/]")
         seen = len(provider.requests)
         try:
-            agent(["Summarise this long report, please."] * 50)
+            agent(["Summarise this long report, please."] * 50, verbose=False)
         except BudgetExceededError as exc:
             console.print(f"  [red]BudgetExceededError[/]: {exc}")
-            console.print(f"  provider requests: {len(provider.requests) - seen} sent "
-                          f"before the stop, none after it")
+            console.print(f"  {len(provider.requests) - seen} requests reached the provider; "
+                          "the refused one never left")
 
     console.print("\n[bold]4. The ledger (iron-runtime usage)[/]")
     cli(["usage"])

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from iron_sdk.call import LlmCall, ToolCall, Usage
+    from iron_sdk.call import LlmCall, ToolCall
     from iron_sdk.events import Event
     from iron_sdk.pricing import ModelPrice
     from iron_sdk.runtime import Runtime

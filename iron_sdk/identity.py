@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-
 from iron_sdk.errors import InvalidTokenError
 
 ISSUER = "iron-sdk"

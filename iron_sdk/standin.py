@@ -10,6 +10,7 @@ Knobs: a model named ``fail-<status>`` answers with that HTTP status.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -127,6 +128,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream(body)
             else:
                 self._chat(body)
+        elif self.path.endswith("/completions"):
+            self._completion(body)
         else:
             self._json(404, {"error": {"message": "not found", "type": "invalid_request_error",
                                        "code": "not_found"}})
@@ -139,6 +142,21 @@ class _Handler(BaseHTTPRequestHandler):
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": "".join(words)}}],
             "usage": self.owner.usage(body, len(words)),
+        })
+
+    def _completion(self, body: dict[str, Any]) -> None:
+        """The legacy text completions API (non-streamed)."""
+        words = self.owner.reply_text(body.get("max_tokens"))
+        prompt = body.get("prompt")
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        usage = self.owner.usage({"messages": [{"content": str(p)} for p in prompts]},
+                                 len(words) * len(prompts))
+        self._json(200, {
+            "id": "cmpl-standin", "object": "text_completion", "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [{"index": i, "text": "".join(words), "finish_reason": "stop",
+                         "logprobs": None} for i in range(len(prompts))],
+            "usage": usage,
         })
 
     def _embeddings(self, body: dict[str, Any]) -> None:
@@ -199,10 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     provider = StandInProvider(port=args.port, reply_words=args.reply_words,
                                chunk_delay_s=args.chunk_delay)
     print(provider.url, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         provider.server.serve_forever(poll_interval=0.05)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pytest
 
@@ -339,7 +338,7 @@ def test_decorator_forms_and_metadata(runtime, provider, client):
 
     @protect_agent(budget_usd=1)
     def gen(n: int):
-        for i in range(n):
+        for _i in range(n):
             client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
             yield current_session().calls
 
@@ -407,3 +406,45 @@ def test_outside_protected_function_the_client_is_untouched(runtime, provider, c
     client.chat.completions.create(model="not-a-priced-model", messages=MSG)
     assert len(provider.requests) == 1
     assert runtime.ledger.usage() == []
+
+
+def test_rate_limit_per_agent(runtime, provider, client):
+    from iron_sdk import RateLimitedError, ReliabilityConfig
+
+    @protect_agent(agent_id="limited", reliability=ReliabilityConfig(requests_per_minute=2))
+    def agent():
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+
+    agent()
+    agent()
+    with pytest.raises(RateLimitedError) as info:
+        agent()
+    assert len(provider.requests) == 2
+    assert 0 < info.value.retry_after <= 30
+
+
+def test_circuit_opens_after_repeated_provider_failures(runtime, provider, client):
+    import openai
+
+    from iron_sdk import CircuitOpenError, ReliabilityConfig
+
+    class FailurePrices:
+        @hookimpl
+        def iron_model_price(self, model: str):
+            return ModelPrice.per_mtok(1.0, 1.0) if model.startswith("fail-") else None
+
+    runtime.pm.register(FailurePrices())
+
+    @protect_agent(agent_id="breaker",
+                   reliability=ReliabilityConfig(circuit_failures=2, circuit_reset_s=60))
+    def agent(model: str):
+        client.chat.completions.create(model=model, messages=MSG)
+
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            agent("fail-503")
+    with pytest.raises(CircuitOpenError) as info:
+        agent("fail-503")
+    assert len(provider.requests) == 2 and info.value.target == "fail-503"
+    agent("gpt-4o-mini")  # other models are unaffected
+    assert len(provider.requests) == 3

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from iron_sdk.batcher import Batcher
-from iron_sdk.hookspecs import hookimpl
-
 from iron_sdk.events import Event
+from iron_sdk.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from iron_sdk.runtime import Runtime

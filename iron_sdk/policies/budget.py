@@ -81,7 +81,7 @@ class BudgetPolicy:
             session.reserved_micro -= call.reserved_micro
             session.spent_micro += call.cost_micro
             session.calls += 1
-            session_state = ScopeState(f"session:{session.session_id}", session.cap_micro,
+            session_state = ScopeState(f"session:{session.agent_id}", session.cap_micro,
                                        session.spent_micro, session.reserved_micro)
         thresholds = session.budget.thresholds
         if session.cap_micro is not None:
