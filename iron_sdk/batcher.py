@@ -70,6 +70,8 @@ class Batcher(Generic[T]):
 
 @atexit.register
 def _flush_all() -> None:
-    for batcher in list(_live):
-        with contextlib.suppress(Exception):  # interpreter shutdown: best effort
-            batcher.flush()
+    # Two passes: a ledger batch may emit events into the audit batcher after it drained.
+    for _ in range(2):
+        for batcher in list(_live):
+            with contextlib.suppress(Exception):  # interpreter shutdown: best effort
+                batcher.flush()

@@ -130,6 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chat(body)
         elif self.path.endswith("/completions"):
             self._completion(body)
+        elif self.path.endswith("/messages"):
+            self._messages(body)
         else:
             self._json(404, {"error": {"message": "not found", "type": "invalid_request_error",
                                        "code": "not_found"}})
@@ -158,6 +160,54 @@ class _Handler(BaseHTTPRequestHandler):
                          "logprobs": None} for i in range(len(prompts))],
             "usage": usage,
         })
+
+    def _messages(self, body: dict[str, Any]) -> None:
+        """Anthropic's Messages API (plain and streamed), for the router's litellm route."""
+        owner = self.owner
+        words = owner.reply_text(body.get("max_tokens"))
+        system = body.get("system")
+        messages = list(body.get("messages") or [])
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        usage = {"input_tokens": prompt_tokens(messages), "output_tokens": len(words)}
+        message = {"id": "msg_standin", "type": "message", "role": "assistant",
+                   "model": body.get("model"), "content": [], "stop_reason": None,
+                   "stop_sequence": None}
+        if not body.get("stream"):
+            self._json(200, {**message, "stop_reason": "end_turn", "usage": usage,
+                             "content": [{"type": "text", "text": "".join(words)}]})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def send(event: str, payload: dict[str, Any]) -> None:
+            chunk = f"event: {event}\ndata: {json.dumps({'type': event, **payload})}\n\n"
+            data = chunk.encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        try:
+            send("message_start", {"message": {
+                **message, "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}})
+            send("content_block_start", {"index": 0,
+                                         "content_block": {"type": "text", "text": ""}})
+            for word in words:
+                if owner.chunk_delay_s:
+                    time.sleep(owner.chunk_delay_s)
+                send("content_block_delta", {"index": 0,
+                                             "delta": {"type": "text_delta", "text": word}})
+            send("content_block_stop", {"index": 0})
+            send("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                   "usage": {"output_tokens": len(words)}})
+            send("message_stop", {})
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            with owner._lock:
+                owner.completed_streams += 1
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
     def _embeddings(self, body: dict[str, Any]) -> None:
         inputs = body.get("input")

@@ -25,10 +25,14 @@ from iron_sdk.ledger import (
 AGENT, TEAM, GLOBAL = "agent:research-bot", "team:search", "global"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    led: Ledger = MemoryLedger() if request.param == "memory" else SQLiteLedger(
-        tmp_path / "sub" / "ledger.db")
+    if request.param == "memory":
+        led: Ledger = MemoryLedger()
+    elif request.param == "sqlite":
+        led = SQLiteLedger(tmp_path / "sub" / "ledger.db")
+    else:
+        led = open_ledger(request.getfixturevalue("redis_url"))
     yield led
     led.close()
 
@@ -234,10 +238,10 @@ def test_threads_never_overspend(ledger: Ledger) -> None:
     assert sum(counts) * 7 == 1000 // 7 * 7
 
 
-def _process_worker(path: str, tag: str, limit_scope: str, amount: int,
+def _process_worker(url: str, tag: str, limit_scope: str, amount: int,
                     barrier: Any, results: Any) -> None:
     try:
-        led = SQLiteLedger(path)
+        led = open_ledger(url)
         barrier.wait(30)
         results.put((tag, _drain(led, tag, limit_scope, amount)))
         led.close()
@@ -245,10 +249,13 @@ def _process_worker(path: str, tag: str, limit_scope: str, amount: int,
         results.put((tag, repr(exc)))
 
 
-def test_processes_never_overspend(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.db")
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_processes_never_overspend(kind: str, tmp_path: Path,
+                                   request: pytest.FixtureRequest) -> None:
+    path = str(tmp_path / "shared.db") if kind == "sqlite" else request.getfixturevalue(
+        "redis_url")
     limit, amount, nproc = 3000, 7, 4
-    with SQLiteLedger(path) as led:
+    with open_ledger(path) as led:
         led.set_limit(TEAM, limit)
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(nproc), ctx.Queue()
@@ -263,7 +270,7 @@ def test_processes_never_overspend(tmp_path: Path) -> None:
         assert p.exitcode == 0
     assert all(isinstance(n, int) for n in got.values()), got
     settled = sum(got.values())
-    with SQLiteLedger(path) as led:
+    with open_ledger(path) as led:
         state = led.state(TEAM)
         usage = led.usage()
     assert state.spent_micro == settled * amount == limit // amount * amount
@@ -351,8 +358,7 @@ def test_open_ledger_forms(tmp_path: Path) -> None:
     assert plain.exists()
 
 
-@pytest.mark.parametrize("url", ["redis://user:hunter2@localhost:6379/0", "postgres://x/y",
-                                 "", "sqlite://relative.db"])
+@pytest.mark.parametrize("url", ["postgres://user:hunter2@x/y", "", "sqlite://relative.db"])
 def test_open_ledger_rejects_unknown_forms(url: str) -> None:
     with pytest.raises(ValueError) as info:
         open_ledger(url)
@@ -368,3 +374,10 @@ def test_scopes_lists_limited_and_charged(tmp_path) -> None:
                       output_tokens=1)
         assert ledger.scopes() == ["agent:b", "team:a"]
         ledger.close()
+
+
+def test_unreachable_redis_is_a_ledger_error_without_credentials() -> None:
+    led = open_ledger("redis://user:hunter2@127.0.0.1:1/0")
+    with pytest.raises(LedgerError) as info:
+        led.reserve("r", [AGENT], 1, 1)
+    assert "127.0.0.1:1" in str(info.value) and "hunter2" not in str(info.value)

@@ -448,3 +448,30 @@ def test_circuit_opens_after_repeated_provider_failures(runtime, provider, clien
     assert len(provider.requests) == 2 and info.value.target == "fail-503"
     agent("gpt-4o-mini")  # other models are unaffected
     assert len(provider.requests) == 3
+
+
+def test_redis_ledger_end_to_end(iron_home, provider, client, redis_url, monkeypatch):
+    from iron_sdk import Runtime, RuntimeConfig, set_runtime
+
+    monkeypatch.setenv("IRON_LEDGER", redis_url)
+    rt = Runtime(RuntimeConfig(home=iron_home))
+    previous = set_runtime(rt)
+    try:
+        rt.ledger.set_limit("agent:fleet", 100)
+
+        @protect_agent(agent_id="fleet")
+        def agent():
+            return client.chat.completions.create(model="gpt-4o-mini", messages=MSG,
+                                                  max_tokens=30)
+
+        replies = []
+        with pytest.raises(BudgetExceededError):
+            for _ in range(50):
+                replies.append(agent())
+        want = sum(expected_micro("gpt-4o-mini", r.usage.model_dump()) for r in replies)
+        state = rt.ledger.state("agent:fleet")
+        assert state.spent_micro == want <= 100 and state.reserved_micro == 0
+        assert len(provider.requests) == len(replies) > 0
+    finally:
+        set_runtime(previous)
+        rt.close()

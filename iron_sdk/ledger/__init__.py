@@ -11,11 +11,13 @@ from iron_sdk.ledger.sqlite import SQLiteLedger
 __all__ = ["Ledger", "LedgerError", "MemoryLedger", "SQLiteLedger", "ScopeState", "Settlement",
            "UsageRow", "open_ledger"]
 
-_FORMS = "'memory', 'sqlite:///abs/path.db' or a plain filesystem path"
+_FORMS = ("'memory', 'sqlite:///abs/path.db', a plain filesystem path, "
+          "or 'redis://host:port/db'")
 
 
 def open_ledger(url: str) -> Ledger:
-    """Open the ledger ``url`` names: ``"memory"``, ``"sqlite:///abs/path.db"`` or a path."""
+    """Open the ledger ``url`` names: ``"memory"``, ``"sqlite:///abs/path.db"``, a path, or
+    ``"redis://host:port/db"``."""
     if url == "memory":
         return MemoryLedger()
     if url.startswith("sqlite://"):
@@ -23,6 +25,10 @@ def open_ledger(url: str) -> Ledger:
         if not path.startswith("/"):
             raise ValueError(f"sqlite ledger URL needs an absolute path; expected {_FORMS}")
         return SQLiteLedger(path)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from iron_sdk.ledger.redis import RedisLedger
+
+        return RedisLedger(url)
     if "://" in url:
         # Only the scheme is echoed: the rest of a URL may carry credentials.
         scheme = url.split("://", 1)[0]

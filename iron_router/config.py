@@ -1,0 +1,247 @@
+"""Router configuration: LiteLLM's ``model_list`` YAML plus our ``iron:`` section.
+
+A LiteLLM proxy config works as it is::
+
+    model_list:
+      - model_name: gpt-4o-mini
+        litellm_params:
+          model: openai/gpt-4o-mini
+          api_key: os.environ/OPENAI_API_KEY
+      - model_name: claude
+        litellm_params:
+          model: anthropic/claude-haiku-4-5
+          api_key: os.environ/ANTHROPIC_API_KEY
+    iron:
+      ledger: /var/lib/iron/ledger.db    # RuntimeConfig fields: home, ledger, audit,
+      safety: {pii: block}               # prices, budget, safety, reliability
+      require_token: true                # router settings (see RouterSettings)
+
+Other top-level keys of a LiteLLM config (``general_settings``, ``router_settings``, ...)
+are ignored, except ``litellm_settings.drop_params``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iron_sdk.config import RuntimeConfig
+
+DEFAULT_OPENAI_BASE = "https://api.openai.com/v1"
+ENV_REF = "os.environ/"
+# Providers whose API is OpenAI's own wire format: forwarded byte for byte, no litellm.
+OPENAI_COMPATIBLE = frozenset({"", "openai", "hosted_vllm", "custom_openai"})
+MB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The router config is unusable; the message names the entry and what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one ``model_name`` goes.
+
+    ``model`` is LiteLLM's ``litellm_params.model`` (what is priced and governed);
+    ``upstream_model`` is the name sent to an OpenAI-compatible upstream (the model
+    without its provider prefix); ``translate`` routes go through ``litellm``.
+    """
+
+    model_name: str
+    model: str
+    upstream_model: str
+    provider: str
+    translate: bool
+    api_base: str | None = None
+    api_key: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # other litellm_params (litellm)
+    price_per_token: tuple[float, float] | None = None  # litellm's custom input/output cost
+
+    @property
+    def chat_url(self) -> str:
+        return f"{self.api_base}/chat/completions"
+
+    @property
+    def embeddings_url(self) -> str:
+        return f"{self.api_base}/embeddings"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    """The router's own settings (top-level ``iron:`` keys that are not RuntimeConfig's)."""
+
+    require_token: bool = True  # False: requests without a token run as default_agent
+    default_agent: str = "anonymous"
+    max_body_mb: float = 10.0
+    upstream_timeout_s: float = 600.0
+    shutdown_timeout_s: float | None = None  # None: wait for every in-flight call
+    drop_params: bool = True  # litellm routes drop OpenAI params the provider lacks
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * MB)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything the router needs: routes, runtime config, router settings."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    routes: dict[str, tuple[Route, ...]] = field(default_factory=dict)
+    settings: RouterSettings = field(default_factory=RouterSettings)
+    path: Path | None = None
+
+    @property
+    def has_model_list(self) -> bool:
+        return bool(self.routes)
+
+    @property
+    def needs_litellm(self) -> bool:
+        return any(r.translate for rs in self.routes.values() for r in rs)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every provider key the router holds (scrubbed from anything it passes on)."""
+        keys = {r.api_key for rs in self.routes.values() for r in rs if r.api_key}
+        env_key = os.environ.get("OPENAI_API_KEY")
+        if env_key:
+            keys.add(env_key)
+        return tuple(k for k in keys if len(k) >= 8)
+
+    def passthrough(self, model: str) -> Route:
+        """The route of a model when no ``model_list`` is configured: OpenAI-compatible
+        upstream from the environment, model name unchanged."""
+        return Route(model_name=model, model=model, upstream_model=model, provider="openai",
+                     translate=False, api_base=default_openai_base(),
+                     api_key=os.environ.get("OPENAI_API_KEY") or None)
+
+
+def default_openai_base() -> str:
+    base = os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
+    return (base or DEFAULT_OPENAI_BASE).rstrip("/")
+
+
+def _resolve(value: Any, where: str) -> Any:
+    """LiteLLM's ``os.environ/NAME`` references (names only ever appear in errors)."""
+    if isinstance(value, str) and value.startswith(ENV_REF):
+        name = value[len(ENV_REF):]
+        resolved = os.environ.get(name)
+        if resolved is None:
+            raise ConfigError(f"{where} refers to environment variable {name}, which is not "
+                              "set; export it or remove the reference.")
+        return resolved
+    return value
+
+
+def _provider_of(model: str) -> tuple[str, str]:
+    """``openai/gpt-4o`` → (``openai``, ``gpt-4o``); no prefix → the price data's provider."""
+    if "/" in model:
+        prefix, rest = model.split("/", 1)
+        return prefix, rest
+    from iron_sdk.pricing import default_database
+
+    price = default_database().lookup(model)
+    return (price.provider if price else ""), model
+
+
+def _route(i: int, entry: Any) -> Route:
+    where = f"model_list[{i}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping with model_name and litellm_params.")
+    name = entry.get("model_name")
+    params = entry.get("litellm_params")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.model_name must be a non-empty string.")
+    if not isinstance(params, dict) or not isinstance(params.get("model"), str):
+        raise ConfigError(f"{where}.litellm_params.model must name the provider model, "
+                          "e.g. openai/gpt-4o-mini or anthropic/claude-haiku-4-5.")
+    params = {k: _resolve(v, f"{where}.litellm_params.{k}") for k, v in params.items()}
+    model = params.pop("model")
+    api_base = params.pop("api_base", None) or params.pop("base_url", None)
+    api_key = params.pop("api_key", None)
+    cost = (params.pop("input_cost_per_token", None), params.pop("output_cost_per_token", None))
+    for router_only in ("rpm", "tpm", "order"):  # LiteLLM Router load-balancing hints
+        params.pop(router_only, None)
+    provider, bare = _provider_of(model)
+    translate = provider not in OPENAI_COMPATIBLE
+    if not translate:
+        api_base = api_base or default_openai_base()
+        if api_key is None and provider in ("", "openai"):
+            api_key = os.environ.get("OPENAI_API_KEY")
+    return Route(model_name=name, model=model, upstream_model=bare, translate=translate,
+                 provider=provider or "openai",
+                 api_base=str(api_base).rstrip("/") if api_base else None,
+                 api_key=str(api_key) if api_key else None, params=params,
+                 price_per_token=(float(cost[0]), float(cost[1])) if None not in cost else None)
+
+
+def _prices(routes: dict[str, tuple[Route, ...]]) -> dict[str, dict[str, float]]:
+    """LiteLLM's per-route ``input_cost_per_token``/``output_cost_per_token`` as prices."""
+    out: dict[str, dict[str, float]] = {}
+    for rs in routes.values():
+        for r in rs:
+            if r.price_per_token is not None:
+                cin, cout = r.price_per_token
+                out[r.model] = {"input_per_mtok": cin * 1e6, "output_per_mtok": cout * 1e6}
+    return out
+
+
+_SETTINGS = frozenset(RouterSettings.__dataclass_fields__)
+
+
+def parse_config(data: Any, path: Path | None = None) -> RouterConfig:
+    """Build a :class:`RouterConfig` from the parsed YAML document."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("The router config must be a YAML mapping (model_list:, iron:).")
+    model_list = data.get("model_list") or []
+    if not isinstance(model_list, list):
+        raise ConfigError("model_list must be a list of {model_name, litellm_params} entries.")
+    grouped: dict[str, list[Route]] = {}
+    for i, entry in enumerate(model_list):
+        route = _route(i, entry)
+        grouped.setdefault(route.model_name, []).append(route)
+    routes = {name: tuple(rs) for name, rs in grouped.items()}
+
+    iron = dict(data.get("iron") or {})
+    settings_kwargs = {k: iron.pop(k) for k in list(iron) if k in _SETTINGS}
+    litellm_settings = data.get("litellm_settings") or {}
+    if isinstance(litellm_settings, dict) and "drop_params" in litellm_settings:
+        settings_kwargs.setdefault("drop_params", bool(litellm_settings["drop_params"]))
+    try:
+        settings = RouterSettings(**settings_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"iron: {exc}") from None
+    prices = {**_prices(routes), **(iron.get("prices") or {})}
+    if prices:
+        iron["prices"] = prices
+    from pydantic import ValidationError
+
+    try:
+        runtime = RuntimeConfig.model_validate(iron)
+    except ValidationError as exc:  # field paths and messages only, never the values
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors(include_input=False))
+        raise ConfigError(f"iron: {problems}") from None
+    return RouterConfig(runtime=runtime, routes=routes, settings=settings, path=path)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> RouterConfig:
+    """Read the YAML at ``path``; no path → pass-through to the environment's upstream."""
+    if path is None:
+        return RouterConfig()
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"Cannot read router config {p}: {exc.strerror}.") from None
+    except yaml.YAMLError as exc:  # position only: a snippet could show an inline key
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"Router config {p} is not valid YAML{at}: "
+                          f"{getattr(exc, 'problem', None) or type(exc).__name__}.") from None
+    return parse_config(data, p)

@@ -1,0 +1,452 @@
+"""HTTP mode: the runtime's door interface served by the router's runtime API.
+
+With ``IRON_RUNTIME_URL`` set, :func:`iron_sdk.runtime.get_runtime` returns a
+:class:`RemoteRuntime`: ``@protect_agent``, ``llm_call`` and every plugin drive it exactly
+as they drive the in-process :class:`~iron_sdk.runtime.Runtime`. The router decides
+(reserve, redact, block) and accounts; the agent's own LLM request still goes from the
+agent to its provider. Governance errors come back as the very same exceptions
+(:func:`~iron_sdk.errors.error_from_body`).
+
+When the router cannot be reached, the session's ``BudgetConfig.on_ledger_error`` decides
+as in library mode: ``"closed"`` raises :class:`RuntimeUnavailableError` naming the URL;
+``"open"`` (the default) lets calls proceed without budget or audit, with one logged
+warning. Safety still fails closed: prompts are then scanned (redacted or blocked) here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from iron_sdk.call import LlmCall, ToolCall, Usage, new_id
+from iron_sdk.config import BudgetConfig, ReliabilityConfig, RuntimeConfig, SafetyConfig
+from iron_sdk.errors import (
+    InvalidRequestError,
+    IronCageError,
+    RuntimeUnavailableError,
+    error_from_body,
+)
+from iron_sdk.session import Session
+
+if TYPE_CHECKING:
+    from iron_sdk.events import Event
+    from iron_sdk.pricing import ModelPrice
+
+log = logging.getLogger("iron_sdk.remote")
+
+_HEADERS = {"content-type": "application/json"}
+_LOCAL = "local-"  # id prefix of sessions and calls made while the router was unreachable
+
+
+class _Unreachable(Exception):
+    """The router did not answer as a router: the fail-open/closed policy applies."""
+
+    def __init__(self, error: RuntimeUnavailableError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _jsonable(obj: Any) -> Any:
+    """``json.dumps`` fallback: pydantic objects (openai messages) as dicts, client
+    sentinels such as openai's ``NOT_GIVEN`` (falsy) as null."""
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None:
+        return dump(mode="json", exclude_none=True)
+    if not obj:
+        return None
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials, fit for messages and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+class RemoteRuntime:
+    """Client of the router's runtime API (``/v1/runtime/...``). Thread-safe; one per
+    process (:func:`~iron_sdk.runtime.get_runtime`). Sessions and calls it returns are the
+    same :class:`Session` and :class:`LlmCall` objects as in library mode, their budget
+    state mirrored from each response."""
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0, connect_timeout_s: float = 1.0,
+                 plugins: tuple[object, ...] = (), load_entry_points: bool = True) -> None:
+        self.url = _safe_url(url.rstrip("/"))
+        self._base = url.rstrip("/") + "/v1/runtime"
+        self._timeout = (timeout_s, connect_timeout_s)
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._pid = 0
+        self._degraded = False  # warned that the router is unreachable
+        self._prices: dict[str, ModelPrice] = {}
+        self._configs: dict[str, tuple[dict[str, Any], Any]] = {}
+        self._safety: Any = None  # local safety policy, for calls made while unreachable
+        # SDK-side plugins: framework integrations install themselves on session start
+        # here, in the agent's process; the policies themselves run in the router.
+        self.config = RuntimeConfig(load_entry_points=load_entry_points, audit=False)
+        self.pm = _local_manager(load_entry_points, plugins)
+        self.hook = self.pm.hook
+        self.hook.iron_configure(runtime=self)
+
+    # -- transport ----------------------------------------------------------------------
+    def _http(self) -> Any:
+        client = self._client
+        if client is None or self._pid != os.getpid():  # first use, or in a forked child
+            with self._lock:
+                if self._client is None or self._pid != os.getpid():
+                    import httpx
+
+                    read, connect = self._timeout
+                    # trust_env=False: proxy variables must not hijack a loopback router.
+                    self._client = httpx.Client(
+                        timeout=httpx.Timeout(read, connect=connect), trust_env=False,
+                        limits=httpx.Limits(max_keepalive_connections=64))
+                    self._pid = os.getpid()
+                client = self._client
+        return client
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """One runtime API request; raises the router's error or :class:`_Unreachable`."""
+        import httpx
+
+        try:
+            content = None if body is None else json.dumps(
+                body, separators=(",", ":"), default=_jsonable)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(
+                f"The call cannot be sent to the iron runtime: {exc}.") from None
+        url = self._base + path
+        client = self._http()
+        try:
+            try:
+                response = client.request(method, url, content=content,
+                                          headers=headers or _HEADERS)
+            except httpx.RemoteProtocolError:  # a keep-alive connection the router closed
+                response = client.request(method, url, content=content,
+                                          headers=headers or _HEADERS)
+        except httpx.TransportError as exc:
+            raise self._unreachable(f"{type(exc).__name__}: {exc}") from None
+        try:
+            data = json.loads(response.content)
+        except ValueError:
+            data = None
+        if response.status_code == 200 and isinstance(data, dict):
+            if self._degraded:
+                self._degraded = False
+                log.warning("iron runtime at %s is reachable again", self.url)
+            return data
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            raise error_from_body(data)
+        raise self._unreachable(f"HTTP {response.status_code} from {method} {path}, "
+                                "which is not an iron runtime API answer")
+
+    def _unreachable(self, why: str) -> _Unreachable:
+        return _Unreachable(RuntimeUnavailableError(
+            f"The iron runtime at {self.url} (IRON_RUNTIME_URL) is unreachable ({why}). "
+            "Start it with `iron-runtime --mode=router`, or unset IRON_RUNTIME_URL to run "
+            "the runtime in-process."))
+
+    def _fail_open(self, budget: BudgetConfig, exc: _Unreachable) -> None:
+        """Apply ``on_ledger_error``: raise when closed, else warn (once) and go on."""
+        if budget.on_ledger_error == "closed":
+            raise exc.error from None
+        if not self._degraded:
+            self._degraded = True
+            log.warning("%s Proceeding without budget enforcement or audit "
+                        "(on_ledger_error='open'); prompts are still scanned locally.",
+                        exc.error)
+
+    # -- sessions -----------------------------------------------------------------------
+    def open_session(self, agent_id: str | None = None, *, ic_token: str | None = None,
+                     budget_usd: float | None = None, budget: BudgetConfig | None = None,
+                     safety: SafetyConfig | None = None,
+                     reliability: ReliabilityConfig | None = None) -> Session:
+        """Open a session in the router (which verifies ``ic_token``)."""
+        body: dict[str, Any] = {}
+        if agent_id is not None:
+            body["agent_id"] = agent_id
+        if budget_usd is not None:
+            body["budget_usd"] = budget_usd
+        for name, cfg in (("budget", budget), ("safety", safety),
+                          ("reliability", reliability)):
+            if cfg is not None:
+                body[name] = cfg.model_dump(mode="json", exclude_defaults=True)
+        headers = {**_HEADERS, "authorization": f"Bearer {ic_token}"} if ic_token else None
+        try:
+            reply = self._request("POST", "/sessions", body, headers)
+        except _Unreachable as exc:
+            self._fail_open(budget or BudgetConfig(), exc)
+            session = _local_session(self, agent_id, ic_token, budget_usd, budget, safety,
+                                     reliability)
+        else:
+            session = Session(
+                agent_id=reply["agent_id"], runtime=self,  # type: ignore[arg-type]
+                budget=budget or self._config("budget", BudgetConfig, reply),
+                safety=safety or self._config("safety", SafetyConfig, reply),
+                reliability=reliability or self._config("reliability", ReliabilityConfig,
+                                                        reply),
+                scopes=tuple(reply["scopes"]), cap_micro=reply["cap_micro"],
+                session_id=reply["session_id"], claims=reply["claims"])
+            _mirror(session, reply["session"])
+        self.hook.iron_session_start(session=session)
+        return session
+
+    def _config(self, name: str, model: Any, reply: dict[str, Any]) -> Any:
+        """The router's effective config, validated once per distinct value."""
+        raw = reply[name]
+        cached = self._configs.get(name)
+        if cached is None or cached[0] != raw:
+            cached = self._configs[name] = (raw, model.model_validate(raw))
+        return cached[1]
+
+    def close_session(self, session: Session, error: BaseException | None = None) -> None:
+        try:
+            if not session.session_id.startswith(_LOCAL):
+                reply = self._request("DELETE", f"/sessions/{session.session_id}",
+                                      _error_body(error) if error is not None else None)
+                _mirror(session, reply["session"])
+        except (_Unreachable, IronCageError) as exc:
+            log.warning("could not close session %s in the iron runtime: %s",
+                        session.session_id, exc)
+        finally:
+            self.hook.iron_session_end(session=session, error=error)
+
+    # -- model calls --------------------------------------------------------------------
+    def begin_call(self, session: Session, *, model: str, messages: list[dict[str, Any]],
+                   max_tokens: int | None = None, stream: bool = False, kind: str = "chat",
+                   source: str = "sdk", provider: str = "",
+                   metadata: dict[str, Any] | None = None) -> LlmCall:
+        """The router runs the request policies; ``call.messages`` is what to send."""
+        max_tokens = max_tokens or None  # falsy (0, openai's NOT_GIVEN): the default
+        if not session.session_id.startswith(_LOCAL):
+            body: dict[str, Any] = {"session_id": session.session_id, "model": model,
+                                    "messages": messages}
+            if max_tokens is not None:
+                body["max_tokens"] = max_tokens
+            if stream:
+                body["stream"] = True
+            if kind != "chat":
+                body["kind"] = kind
+            if source != "sdk":
+                body["source"] = source
+            if provider:
+                body["provider"] = provider
+            if metadata:
+                body["metadata"] = metadata
+            try:
+                reply = self._request("POST", "/calls", body)
+            except _Unreachable as exc:
+                self._fail_open(session.budget, exc)
+            else:
+                call = LlmCall(
+                    session=session, model=model,
+                    messages=reply["messages"] if reply["redacted"] else list(messages),
+                    max_tokens=max_tokens, stream=stream, kind=kind, source=source,
+                    provider=reply["provider"], metadata=metadata or {},
+                    call_id=reply["call_id"])
+                call.input_tokens_est = reply["input_tokens_est"]
+                call.max_output_tokens = reply["max_output_tokens"]
+                call.reserved_micro = reply["reserved_micro"]
+                call.findings = reply["findings"]
+                call.redacted = reply["redacted"]
+                _mirror(session, reply["session"])
+                return call
+        return self._local_call(session, model, messages, max_tokens, stream, kind, source,
+                                provider, metadata)
+
+    def _local_call(self, session: Session, model: str, messages: list[dict[str, Any]],
+                    max_tokens: int | None, stream: bool, kind: str, source: str,
+                    provider: str, metadata: dict[str, Any] | None) -> LlmCall:
+        """A call made while the router is unreachable: no budget, but safety still
+        applies (it fails closed), with this process's detectors."""
+        if not isinstance(model, str) or not model:
+            raise InvalidRequestError("'model' must be a non-empty string.")
+        if not isinstance(messages, list):
+            raise InvalidRequestError("'messages' must be a list of message objects.")
+        call = LlmCall(session=session, model=model, messages=list(messages),
+                       max_tokens=max_tokens, stream=stream, kind=kind, source=source,
+                       provider=provider, metadata=metadata or {}, call_id=_LOCAL + new_id())
+        if self._safety is None:
+            from iron_sdk.policies.safety import SafetyPolicy
+
+            policy = SafetyPolicy()
+            policy.iron_configure(runtime=self)  # type: ignore[arg-type]
+            self._safety = policy
+        self._safety.iron_llm_request(call=call)
+        return call
+
+    def settle_call(self, call: LlmCall, usage: Usage) -> LlmCall:
+        """Charge ``usage`` in the router. Never raises: the provider has answered."""
+        if call.outcome != "pending":
+            return call  # each request is charged once
+        call.usage = usage
+        call.outcome = "completed"
+        if call.call_id.startswith(_LOCAL):
+            with call.session.lock:
+                call.session.calls += 1
+            return call
+        try:
+            reply = self._request("POST", f"/calls/{call.call_id}/settle", {"usage": {
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                "cached_input_tokens": usage.cached_input_tokens,
+                "cache_creation_tokens": usage.cache_creation_tokens,
+                "reasoning_tokens": usage.reasoning_tokens, "counted": usage.counted}})
+        except (_Unreachable, IronCageError) as exc:
+            log.error("iron runtime could not settle call %s (%s in, %s out tokens): %s",
+                      call.call_id, usage.input_tokens, usage.output_tokens, exc)
+            return call
+        call.cost_micro = reply["cost_micro"]
+        call.outcome = reply["outcome"]
+        _mirror(call.session, reply["session"])
+        return call
+
+    def fail_call(self, call: LlmCall, error: BaseException) -> None:
+        """Release the call's reservation in the router. Never raises."""
+        if call.outcome != "pending":
+            return
+        call.outcome = "failed"
+        if call.call_id.startswith(_LOCAL):
+            return
+        try:
+            reply = self._request("POST", f"/calls/{call.call_id}/fail", _error_body(error))
+        except (_Unreachable, IronCageError) as exc:
+            log.warning("iron runtime could not release call %s (its lease frees it): %s",
+                        call.call_id, exc)
+            return
+        call.reserved_micro = 0
+        _mirror(call.session, reply["session"])
+
+    # -- tools --------------------------------------------------------------------------
+    def begin_tool(self, session: Session, name: str, arguments: Any = None,
+                   source: str = "sdk") -> ToolCall:
+        tool = ToolCall(session=session, name=name, arguments=arguments, source=source,
+                        call_id=_LOCAL + new_id())
+        if not session.session_id.startswith(_LOCAL):
+            try:
+                reply = self._request("POST", "/tools", {
+                    "session_id": session.session_id, "name": name,
+                    "arguments": _plain(arguments), "source": source})
+            except _Unreachable as exc:
+                self._fail_open(session.budget, exc)
+            else:
+                tool.call_id = reply["tool_id"]
+        return tool
+
+    def end_tool(self, call: ToolCall, result: Any = None,
+                 error: BaseException | None = None) -> None:
+        call.error = error
+        if call.call_id.startswith(_LOCAL):
+            return
+        body = _error_body(error) if error is not None else {}
+        body["result"] = _plain(result)
+        try:
+            self._request("POST", f"/tools/{call.call_id}/end", body)
+        except (_Unreachable, IronCageError) as exc:
+            log.warning("iron runtime could not record the end of tool %s: %s", call.name, exc)
+
+    # -- shared services ----------------------------------------------------------------
+    def price(self, model: str) -> ModelPrice:
+        """The price the router charges for ``model`` (raises UnknownModelPriceError)."""
+        price = self._prices.get(model)
+        if price is None:
+            from iron_sdk.pricing import ModelPrice
+
+            try:
+                reply = self._request("GET", f"/prices/{model}")
+            except _Unreachable as exc:
+                raise exc.error from None
+            price = self._prices[model] = ModelPrice(**reply)
+        return price
+
+    def emit(self, event: Event) -> None:
+        """Forward an SDK-side event (e.g. ``usage_missing``) to the router's sinks."""
+        try:
+            self._request("POST", "/events", event)
+        except (_Unreachable, IronCageError) as exc:
+            log.debug("event %s not recorded: %s", event.get("type"), exc)
+
+    def flush(self) -> None:
+        """Wait until the router has written every settlement and audit line so far."""
+        try:
+            self._request("POST", "/flush")
+        except _Unreachable as exc:
+            raise exc.error from None
+
+    def close(self) -> None:
+        """Close the connections (the router and its sessions live on)."""
+        self.hook.iron_unconfigure(runtime=self)
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def _local_manager(load_entry_points: bool, plugins: tuple[object, ...]) -> Any:
+    import pluggy
+
+    from iron_sdk import hookspecs
+    from iron_sdk.plugins import ENTRY_POINT_GROUP
+
+    pm = pluggy.PluginManager("iron_sdk")
+    pm.add_hookspecs(hookspecs)
+    for plugin in plugins:
+        pm.register(plugin)
+    if load_entry_points:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    return pm
+
+
+def _mirror(session: Session, state: dict[str, Any]) -> None:
+    """Adopt the router's budget state of the session, unless a newer one was seen
+    (concurrent calls of one session may answer out of order)."""
+    with session.lock:
+        if state["seq"] > session.__dict__.get("_remote_seq", 0):
+            session.__dict__["_remote_seq"] = state["seq"]
+            session.spent_micro = state["spent_micro"]
+            session.reserved_micro = state["reserved_micro"]
+            session.calls = state["calls"]
+
+
+def _error_body(error: BaseException) -> dict[str, Any]:
+    """What the router needs to treat the error as library mode would (never its text)."""
+    status = getattr(error, "status_code", None)
+    return {"error": type(error).__name__,
+            "status": status if type(status) is int else None,
+            "governance": isinstance(error, IronCageError)}
+
+
+def _plain(value: Any) -> Any:
+    """A tool's arguments or result as JSON (their text form when not JSON-able)."""
+    try:
+        json.dumps(value, default=_jsonable)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
+
+
+def _local_session(runtime: RemoteRuntime, agent_id: str | None, ic_token: str | None,
+                   budget_usd: float | None, budget: BudgetConfig | None,
+                   safety: SafetyConfig | None,
+                   reliability: ReliabilityConfig | None) -> Session:
+    """A session of this process only, while the router is unreachable."""
+    if not agent_id and ic_token:
+        try:
+            import jwt  # the router verifies tokens; here we only read the agent's name
+
+            agent_id = jwt.decode(ic_token, options={"verify_signature": False}).get("sub")
+        except Exception:
+            agent_id = None
+    if not agent_id:
+        raise InvalidRequestError("A session needs an agent_id or an IC token.")
+    return Session(agent_id=agent_id, runtime=runtime,  # type: ignore[arg-type]
+                   budget=budget or BudgetConfig(), safety=safety or SafetyConfig(),
+                   reliability=reliability or ReliabilityConfig(),
+                   cap_micro=None if budget_usd is None else round(budget_usd * 1_000_000),
+                   session_id=_LOCAL + new_id())
