@@ -94,19 +94,14 @@ class RouterConfig:
     path: Path | None = None
 
     @property
-    def has_model_list(self) -> bool:
-        return bool(self.routes)
-
-    @property
     def needs_litellm(self) -> bool:
         return any(r.translate for rs in self.routes.values() for r in rs)
 
     def secrets(self) -> tuple[str, ...]:
-        """Every provider key the router holds (scrubbed from anything it passes on)."""
+        """Every provider key the router holds or litellm may read from the environment
+        (``*_API_KEY``): scrubbed from anything the router passes on."""
         keys = {r.api_key for rs in self.routes.values() for r in rs if r.api_key}
-        env_key = os.environ.get("OPENAI_API_KEY")
-        if env_key:
-            keys.add(env_key)
+        keys.update(v for k, v in os.environ.items() if k.endswith("_API_KEY"))
         return tuple(k for k in keys if len(k) >= 8)
 
     def passthrough(self, model: str) -> Route:
@@ -158,9 +153,17 @@ def _route(i: int, entry: Any) -> Route:
                           "e.g. openai/gpt-4o-mini or anthropic/claude-haiku-4-5.")
     params = {k: _resolve(v, f"{where}.litellm_params.{k}") for k, v in params.items()}
     model = params.pop("model")
-    api_base = params.pop("api_base", None) or params.pop("base_url", None)
+    api_base, base_url = params.pop("api_base", None), params.pop("base_url", None)
+    api_base = api_base or base_url
     api_key = params.pop("api_key", None)
-    cost = (params.pop("input_cost_per_token", None), params.pop("output_cost_per_token", None))
+    cost_in, cost_out = params.pop("input_cost_per_token", None), params.pop(
+        "output_cost_per_token", None)
+    try:  # YAML reads 2e-7 (no dot) as a string
+        price = None if cost_in is None or cost_out is None else (float(cost_in),
+                                                                  float(cost_out))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}.litellm_params input/output_cost_per_token must be "
+                          "numbers (USD per token).") from None
     for router_only in ("rpm", "tpm", "order"):  # LiteLLM Router load-balancing hints
         params.pop(router_only, None)
     provider, bare = _provider_of(model)
@@ -173,7 +176,7 @@ def _route(i: int, entry: Any) -> Route:
                  provider=provider or "openai",
                  api_base=str(api_base).rstrip("/") if api_base else None,
                  api_key=str(api_key) if api_key else None, params=params,
-                 price_per_token=(float(cost[0]), float(cost[1])) if None not in cost else None)
+                 price_per_token=price)
 
 
 def _prices(routes: dict[str, tuple[Route, ...]]) -> dict[str, dict[str, float]]:

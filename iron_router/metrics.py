@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from iron_sdk.hookspecs import hookimpl
@@ -22,6 +29,7 @@ class RouterMetrics:
     """The router's metrics; label children are cached (``labels()`` costs µs each)."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # the *_created series only double the scrape
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self.requests = Counter("iron_router_requests", "HTTP requests served",

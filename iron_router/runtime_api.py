@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -159,11 +160,6 @@ class Registry:
         self.close(entry, error)
         self.lingering.pop(entry.session.session_id, None)
 
-    def close_all(self) -> None:
-        """Router shutdown: release every reservation still held and close every session."""
-        for entry in [*self.sessions.values(), *self.lingering.values()]:
-            self.release(entry, RuntimeUnavailableError("the router shut down"))
-
 
 def registry(request: Request) -> Registry:
     """The app's registry, created on first use from ``app.state.runtime``."""
@@ -245,6 +241,22 @@ def _remote_error(body: dict[str, Any]) -> BaseException | None:
     return error
 
 
+def _log(request: Request, entry: _Entry, model: Any, call: LlmCall | None = None) -> None:
+    """Agent, model and cost for the router's request log and metrics."""
+    info = request.scope.get("iron.log")
+    if info is not None:
+        info["agent"] = entry.session.agent_id
+        if isinstance(model, str):
+            info["model"] = model
+        if call is not None and call.outcome != "pending":
+            info["cost_micro"], info["outcome"] = call.cost_micro, call.outcome
+
+
+# Events the runtime records itself: an SDK may not forward them (no double counting).
+_RUNTIME_EVENTS = frozenset({"call_completed", "call_failed", "call_blocked", "pii_detected",
+                             "budget_threshold", "ledger_error", "tool_called"})
+
+
 def _configs(body: dict[str, Any]) -> dict[str, Any]:
     from pydantic import ValidationError
 
@@ -292,12 +304,19 @@ def _endpoint(fn: Handler) -> Handler:
             log.exception("runtime API %s %s failed", request.method, request.url.path)
             return error_response(IronCageError(
                 f"The runtime failed on this request ({type(exc).__name__}); see the router log."))
-    handle.__name__ = fn.__name__
-    return handle
+    return functools.wraps(fn)(handle)
 
 
 @_endpoint
 async def open_session(request: Request) -> Response:
+    """Open a session (the IC token, if any, names the agent).
+    ---
+    summary: Open a session (the IC token, if any, names the agent).
+    tags: [runtime]
+    responses:
+      200: {description: "{session_id, agent_id, budget_usd, scopes, configs, session}"}
+      400: {description: "OpenAI-shaped error (400, 401)"}
+    """
     body = await _body(request, optional=True)
     auth = request.headers.get("authorization")
     token = None
@@ -326,6 +345,14 @@ async def open_session(request: Request) -> Response:
 
 @_endpoint
 async def close_session(request: Request) -> Response:
+    """Close a session; its calls in flight can still be settled.
+    ---
+    summary: Close a session; its calls in flight can still be settled.
+    tags: [runtime]
+    responses:
+      200: {description: "{closed, session}"}
+      404: {description: "OpenAI-shaped error (404)"}
+    """
     body = await _body(request, optional=True)
     reg = registry(request)
     entry = reg.session(request.path_params["session_id"])
@@ -335,6 +362,16 @@ async def close_session(request: Request) -> Response:
 
 @_endpoint
 async def begin_call(request: Request) -> Response:
+    """Run the request policies for a model call and reserve its budget.
+    ---
+    summary: Run the request policies for a model call and reserve its budget.
+    tags: [runtime]
+    responses:
+      200:
+        description: "{call_id, redacted, messages (when redacted), findings,
+          reserved_micro, input_tokens_est, max_output_tokens, provider, session}"
+      400: {description: "OpenAI-shaped error (400, 402, 403, 404, 429, 503)"}
+    """
     body = await _body(request)
     reg = registry(request)
     entry = reg.session(body.get("session_id"))
@@ -347,6 +384,7 @@ async def begin_call(request: Request) -> Response:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _BadRequest("'stream' must be a boolean.")
+    _log(request, entry, body.get("model"))
     call = reg.runtime.begin_call(
         entry.session, model=body.get("model"), messages=messages,
         max_tokens=_count(body.get("max_tokens"), "max_tokens", optional=True),
@@ -366,6 +404,14 @@ async def begin_call(request: Request) -> Response:
 
 @_endpoint
 async def settle_call(request: Request) -> Response:
+    """Charge a call for the usage the provider reported.
+    ---
+    summary: Charge a call for the usage the provider reported.
+    tags: [runtime]
+    responses:
+      200: {description: "{cost_micro, outcome, session}"}
+      400: {description: "OpenAI-shaped error (400, 404)"}
+    """
     body = await _body(request)
     raw = body.get("usage")
     if not isinstance(raw, dict):
@@ -379,23 +425,41 @@ async def settle_call(request: Request) -> Response:
     entry, call = reg.call(request.path_params["call_id"])
     reg.runtime.settle_call(call, usage)
     reg.done(entry, call)
+    _log(request, entry, call.model, call)
     return JSONResponse({"cost_micro": call.cost_micro, "outcome": call.outcome,
                          "session": _state(entry)})
 
 
 @_endpoint
 async def fail_call(request: Request) -> Response:
+    """The call failed after it was allowed; release its reservation.
+    ---
+    summary: The call failed after it was allowed; release its reservation.
+    tags: [runtime]
+    responses:
+      200: {description: "{outcome, session}"}
+      400: {description: "OpenAI-shaped error (400, 404)"}
+    """
     body = await _body(request, optional=True)
     error = _remote_error(body) or RuntimeError("reported by the SDK")
     reg = registry(request)
     entry, call = reg.call(request.path_params["call_id"])
     reg.runtime.fail_call(call, error)
     reg.done(entry, call)
+    _log(request, entry, call.model, call)
     return JSONResponse({"outcome": call.outcome, "session": _state(entry)})
 
 
 @_endpoint
 async def begin_tool(request: Request) -> Response:
+    """A tool is about to run (audited; a plugin may refuse it).
+    ---
+    summary: A tool is about to run (audited; a plugin may refuse it).
+    tags: [runtime]
+    responses:
+      200: {description: "{tool_id}"}
+      400: {description: "OpenAI-shaped error (400, 404)"}
+    """
     body = await _body(request)
     reg = registry(request)
     entry = reg.session(body.get("session_id"))
@@ -409,6 +473,14 @@ async def begin_tool(request: Request) -> Response:
 
 @_endpoint
 async def end_tool(request: Request) -> Response:
+    """A tool finished (body: result, or error type name).
+    ---
+    summary: "A tool finished (body: result, or error type name)."
+    tags: [runtime]
+    responses:
+      200: {description: "{ended}"}
+      400: {description: "OpenAI-shaped error (400, 404)"}
+    """
     body = await _body(request, optional=True)
     error = _remote_error(body)
     reg = registry(request)
@@ -419,21 +491,47 @@ async def end_tool(request: Request) -> Response:
 
 @_endpoint
 async def emit(request: Request) -> Response:
+    """Record an event emitted by an SDK-side integration (e.g. usage_missing).
+    ---
+    summary: Record an event emitted by an SDK-side integration (e.g. usage_missing).
+    tags: [runtime]
+    responses:
+      200: {description: "{emitted}"}
+      400: {description: "OpenAI-shaped error (400)"}
+    """
     event = await _body(request)
-    if not isinstance(event.get("type"), str) or not event["type"]:
+    kind = event.get("type")
+    if not isinstance(kind, str) or not kind:
         raise _BadRequest("An event needs a string 'type'.")
+    if kind in _RUNTIME_EVENTS:
+        raise _BadRequest(f"'{kind}' events are recorded by the runtime itself.")
     registry(request).runtime.emit(event)
     return JSONResponse({"emitted": True})
 
 
 @_endpoint
 async def flush(request: Request) -> Response:
+    """Wait until every settlement and audit line so far is written.
+    ---
+    summary: Wait until every settlement and audit line so far is written.
+    tags: [runtime]
+    responses:
+      200: {description: "{flushed}"}
+    """
     await run_in_threadpool(registry(request).runtime.flush)
     return JSONResponse({"flushed": True})
 
 
 @_endpoint
 async def price(request: Request) -> Response:
+    """The price the runtime charges for a model, in pico-dollars per token.
+    ---
+    summary: The price the runtime charges for a model, in pico-dollars per token.
+    tags: [runtime]
+    responses:
+      200: {description: "ModelPrice fields: input, output, cache_read, ..., provider"}
+      400: {description: "OpenAI-shaped error (400)"}
+    """
     model = request.path_params["model"]
     return JSONResponse(dataclasses.asdict(registry(request).runtime.price(model)))
 

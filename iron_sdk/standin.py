@@ -3,9 +3,13 @@
 A real HTTP server on loopback that answers ``/v1/chat/completions`` (plain and
 streamed), ``/v1/embeddings`` and ``/v1/models`` deterministically and records every
 request it receives, so tests can assert what left the machine. Paid APIs are never
-contacted. Standard library only.
+contacted. Standard library only (``--fast`` serves under uvicorn, for benchmarks).
 
-Knobs: a model named ``fail-<status>`` answers with that HTTP status.
+Also Anthropic's ``/v1/messages`` (plain and streamed), so translating routes (litellm)
+can be exercised offline.
+
+Knobs: a model named ``fail-<status>`` answers with that HTTP status; ``echo-key``
+answers 401 quoting the API key it was sent (as some providers do).
 """
 
 from __future__ import annotations
@@ -42,15 +46,16 @@ class StandInProvider:
         self.chunk_delay_s = chunk_delay_s
         self.requests: list[dict[str, Any]] = []  # bodies received, in order
         self.headers: list[dict[str, str]] = []
+        self.raw_requests: list[bytes] = []  # the bytes as they arrived
         self.completed_streams = 0
+        self.abandoned_streams = 0  # streams whose reader went away before the end
         self._lock = threading.Lock()
         provider = self
 
         class Handler(_Handler):
             owner = provider
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._thread: threading.Thread | None = None
@@ -71,14 +76,26 @@ class StandInProvider:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _record(self, body: dict[str, Any], headers: dict[str, str]) -> None:
+    def _record(self, body: dict[str, Any], headers: dict[str, str], raw: bytes = b"") -> None:
         with self._lock:
             self.requests.append(body)
             self.headers.append(headers)
+            self.raw_requests.append(raw)
 
     def reply_text(self, max_tokens: int | None) -> list[str]:
         n = self.reply_words if max_tokens is None else min(self.reply_words, max_tokens)
         return [WORDS[i % len(WORDS)] + ("" if i == n - 1 else " ") for i in range(n)]
+
+    def chat_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The (non-streamed) answer to a chat completion request."""
+        words = self.reply_text(body.get("max_completion_tokens") or body.get("max_tokens"))
+        return {
+            "id": "chatcmpl-standin", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "".join(words)}}],
+            "usage": self.usage(body, len(words)),
+        }
 
     def usage(self, body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
         prompt = prompt_tokens(body.get("messages") or [])
@@ -86,6 +103,11 @@ class StandInProvider:
                 "total_tokens": prompt + completion_tokens,
                 "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt)},
                 "completion_tokens_details": {"reasoning_tokens": 0}}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # socketserver's default of 5 refuses bursts of connections
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -114,10 +136,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
-        self.owner._record(body, {k.lower(): v for k, v in self.headers.items()})
+        raw = self.rfile.read(length)
+        body = json.loads(raw or b"{}")
+        self.owner._record(body, {k.lower(): v for k, v in self.headers.items()}, raw)
         model = str(body.get("model", ""))
-        if model.startswith("fail-"):
+        if model == "echo-key":  # like providers that quote a wrong key back
+            key = self.headers.get("Authorization") or self.headers.get("x-api-key") or ""
+            self._json(401, {"error": {"message": f"Incorrect API key provided: {key}",
+                                       "type": "invalid_request_error",
+                                       "code": "invalid_api_key"}})
+        elif model.startswith("fail-"):
             status = int(model.removeprefix("fail-") or 500)
             self._json(status, {"error": {"message": f"stand-in failure {status}",
                                           "type": "server_error", "code": str(status)}})
@@ -137,14 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
                                        "code": "not_found"}})
 
     def _chat(self, body: dict[str, Any]) -> None:
-        words = self.owner.reply_text(body.get("max_completion_tokens") or body.get("max_tokens"))
-        self._json(200, {
-            "id": "chatcmpl-standin", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "".join(words)}}],
-            "usage": self.owner.usage(body, len(words)),
-        })
+        self._json(200, self.owner.chat_completion(body))
 
     def _completion(self, body: dict[str, Any]) -> None:
         """The legacy text completions API (non-streamed)."""
@@ -208,6 +229,8 @@ class _Handler(BaseHTTPRequestHandler):
                 owner.completed_streams += 1
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            with owner._lock:
+                owner.abandoned_streams += 1
 
     def _embeddings(self, body: dict[str, Any]) -> None:
         inputs = body.get("input")
@@ -253,6 +276,8 @@ class _Handler(BaseHTTPRequestHandler):
                 owner.completed_streams += 1
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            with owner._lock:
+                owner.abandoned_streams += 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,12 +288,63 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reply-words", type=int, default=12)
     parser.add_argument("--chunk-delay", type=float, default=0.0)
+    parser.add_argument("--fast", action="store_true",
+                        help="serve plain chat completions and /models with uvicorn (for "
+                             "benchmarks: the stdlib server limits concurrent throughput)")
     args = parser.parse_args(argv)
     provider = StandInProvider(port=args.port, reply_words=args.reply_words,
                                chunk_delay_s=args.chunk_delay)
+    if args.fast:
+        _serve_fast(provider)
+        return
     print(provider.url, flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         provider.server.serve_forever(poll_interval=0.05)
+
+
+def _serve_fast(provider: StandInProvider) -> None:
+    """The same answers from an ASGI app under uvicorn, on the provider's port."""
+    import importlib.util
+
+    import uvicorn
+
+    sock = provider.server.socket  # already bound and listening: uvicorn takes it over
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"].rstrip("/")
+        if path.endswith("/models"):
+            status, payload = 200, {"object": "list", "data": [
+                {"id": "gpt-4o-mini", "object": "model", "owned_by": "stand-in"}]}
+        elif path.endswith("/chat/completions") and not (body := json.loads(raw)).get("stream"):
+            status, payload = 200, provider.chat_completion(body)
+        else:
+            status, payload = 404, {"error": {"message": "fast mode serves plain chat "
+                                              "completions and /models only",
+                                              "type": "invalid_request_error",
+                                              "code": "not_found"}}
+        data = json.dumps(payload).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]})
+        await send({"type": "http.response.body", "body": data})
+
+    has = importlib.util.find_spec
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level="warning", access_log=False,
+        http="httptools" if has("httptools") else "h11",
+        loop="uvloop" if has("uvloop") else "asyncio"))
+    print(provider.url, flush=True)
+    server.run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+_NOT_INHERITED = ("IRON_RUNTIME_URL", "IRON_LEDGER", "IRON_SECRET", "OPENAI_API_KEY",
+                  "OPENAI_BASE_URL", "OPENAI_API_BASE", "ANTHROPIC_API_KEY")
 
 
 def free_port() -> int:
@@ -55,9 +57,13 @@ class RouterProcess:
                 yaml.safe_dump(self.config, f)
             self.config_path = Path(name)
             cmd += ["--config", str(self.config_path)]
-        env = {**os.environ, "IRON_HOME": str(self.home), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-               "PYTHONUNBUFFERED": "1", **self.extra_env}
-        env.pop("IRON_RUNTIME_URL", None)
+        env = dict(os.environ)
+        # Hermetic: no ledger, secret, runtime URL or provider endpoint/key from the
+        # developer's shell (a real OPENAI_API_KEY must never be used by a test).
+        for name in _NOT_INHERITED:
+            env.pop(name, None)
+        env.update({"IRON_HOME": str(self.home), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                    "PYTHONUNBUFFERED": "1", **self.extra_env})
         # stderr goes to a file: a pipe nobody reads would block a chatty router.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

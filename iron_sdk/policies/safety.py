@@ -44,9 +44,13 @@ class SafetyPolicy:
             return
         kinds: Counter[str] = Counter()
         blocked: set[str] = set()
+        # An integration that cannot rewrite the prompt (a LangChain callback) sets
+        # metadata can_redact=False: what would be redacted is blocked instead.
+        can_redact = call.metadata.get("can_redact", True)
         try:
             for i, message in enumerate(call.messages):
-                new_content = self._scan_content(message.get("content"), cfg, kinds, blocked)
+                new_content = self._scan_content(message.get("content"), cfg, kinds, blocked,
+                                                 can_redact)
                 if new_content is not None:
                     call.messages[i] = {**message, "content": new_content}
                     call.redacted = True
@@ -63,18 +67,25 @@ class SafetyPolicy:
             "pii_detected", call_id=call.call_id, session_id=call.session.session_id,
             agent_id=call.agent_id, model=call.model, kinds=dict(kinds), action=action))
         if blocked:
+            hint = call.metadata.get("redact_hint")
+            if not can_redact and hint:
+                raise SafetyViolationError(sorted(blocked), message=(
+                    f"The prompt contains {', '.join(sorted(blocked))}; the safety policy "
+                    f"would redact it, but this integration cannot rewrite the prompt, so it "
+                    f"was not sent. {hint}"))
             raise SafetyViolationError(sorted(blocked))
 
     def _scan_content(self, content: Any, cfg: SafetyConfig, kinds: Counter[str],
-                      blocked: set[str]) -> Any:
+                      blocked: set[str], can_redact: bool) -> Any:
         """Scan one message content (string or parts); return the redacted content or None."""
         if isinstance(content, str):
-            return self._scan_text(content, cfg, kinds, blocked)
+            return self._scan_text(content, cfg, kinds, blocked, can_redact)
         if isinstance(content, list):
             changed, parts = False, []
             for part in content:
                 text = part.get("text") if isinstance(part, dict) else None
-                new = self._scan_text(text, cfg, kinds, blocked) if isinstance(text, str) else None
+                new = (self._scan_text(text, cfg, kinds, blocked, can_redact)
+                       if isinstance(text, str) else None)
                 if new is not None:
                     part, changed = {**part, "text": new}, True
                 parts.append(part)
@@ -82,7 +93,7 @@ class SafetyPolicy:
         return None
 
     def _scan_text(self, text: str, cfg: SafetyConfig, kinds: Counter[str],
-                   blocked: set[str]) -> str | None:
+                   blocked: set[str], can_redact: bool) -> str | None:
         findings = self._findings(text)
         if cfg.kinds is not None:
             findings = [f for f in findings if f.kind in cfg.kinds]
@@ -92,7 +103,7 @@ class SafetyPolicy:
             if action == "off":
                 continue
             kinds[f.kind] += 1
-            if action == "block":
+            if action == "block" or (action == "redact" and not can_redact):
                 blocked.add(f.kind)
             elif action == "redact":
                 to_redact.append(f)

@@ -287,9 +287,12 @@ def _numbers(text: str, out: list[_Span]) -> None:
 # so that times ("12:30:45"), MACs, slices ("a[1::2]") and "std::vector" are rejected inside re,
 # without a Python-level look at each of them.
 _IPV6_GATE = re.compile(
-    r":(?=:|[0-9A-Fa-f:]*::|(?:[0-9A-Fa-f]{1,4}:){6}[0-9A-Fa-f])"
-    r"(?:(?<=[0-9A-Fa-f]{3}:)|(?=[0-9A-Fa-f:]*[0-9A-Fa-f]{3}))"
-    r"[0-9A-Fa-f:]*(?:\.[0-9]{1,3}){0,3}(?![A-Za-z0-9_:])"
+    # Every repetition is bounded (an address has at most 39 hex/colon characters), so a long
+    # hex/colon run costs linear time, not quadratic; the possessive run never backtracks (a
+    # shorter prefix of the run would fail the final boundary check anyway).
+    r":(?=:|[0-9A-Fa-f:]{0,36}::|(?:[0-9A-Fa-f]{1,4}:){6}[0-9A-Fa-f])"
+    r"(?:(?<=[0-9A-Fa-f]{3}:)|(?=[0-9A-Fa-f:]{0,36}[0-9A-Fa-f]{3}))"
+    r"[0-9A-Fa-f:]{0,38}+(?:\.[0-9]{1,3}){0,3}(?![A-Za-z0-9_:])"
 )
 _IPV6 = re.compile(
     r"(?:[0-9A-Fa-f]{0,4}:){2,8}"

@@ -1,0 +1,184 @@
+"""Router-mode overhead, side by side in one run.
+
+    .venv/bin/python benchmarks/router_overhead.py
+
+A stand-in provider process (``python -m iron_sdk.standin``) and a router process
+(``iron-runtime --mode=router``) in front of it, then:
+
+1. Added latency: the same chat request sent directly to the stand-in and through the
+   router, sequentially in interleaved pairs (httpx, keep-alive); added = router − direct
+   per pair, p50 and p95.
+2. Throughput: requests/s with 32 concurrent requests (asyncio + httpx.AsyncClient),
+   directly and through the router.
+3. The SDK's HTTP mode: ``iron_sdk.remote.RemoteRuntime(url)`` — one session, then
+   ``begin_call`` + ``settle_call`` round trips, p50 and p95.
+
+Targets: added ≤ 1.5 ms p50 and ≤ 3 ms p95; SDK round trip ≤ 1 ms p50. JSON last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ["IRON_HOME"] = tempfile.mkdtemp(prefix="iron-router-bench-")
+os.environ.pop("IRON_RUNTIME_URL", None)
+
+import httpx  # noqa: E402
+
+from iron_sdk.identity import issue_token  # noqa: E402
+from tests.router_util import RouterProcess  # noqa: E402
+
+PAIRS = int(os.environ.get("BENCH_ROUNDS", "2000"))
+CONCURRENT_REQUESTS = int(os.environ.get("BENCH_CONCURRENT_REQUESTS", "4000"))
+CONCURRENCY = 32
+BODY = {"model": "gpt-4o-mini", "max_tokens": 32,
+        "messages": [{"role": "user", "content": "Summarise the plan in one line."}]}
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3)
+
+
+def start_standin(fast: bool) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "iron_sdk.standin", "--port", "0",
+                             *(["--fast"] if fast else [])],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def added_latency(direct: str, router: str, token: str) -> dict[str, float]:
+    data = json.dumps(BODY).encode()
+    headers = {"content-type": "application/json"}
+    with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
+        def one(client: httpx.Client, url: str, auth: str) -> float:
+            t = time.perf_counter()
+            r = client.post(url, content=data, headers={**headers, "authorization": auth})
+            elapsed = time.perf_counter() - t
+            assert r.status_code == 200, r.text
+            return elapsed
+
+        d_url, r_url = f"{direct}/chat/completions", f"{router}/v1/chat/completions"
+        for _ in range(200):  # warm up: connections, tokenizer, price map, statements
+            one(a, d_url, "Bearer sk-bench")
+            one(b, r_url, f"Bearer {token}")
+        direct_s, router_s, added = [], [], []
+        for i in range(PAIRS):
+            if i % 2:  # alternate which goes first
+                d = one(a, d_url, "Bearer sk-bench")
+                r = one(b, r_url, f"Bearer {token}")
+            else:
+                r = one(b, r_url, f"Bearer {token}")
+                d = one(a, d_url, "Bearer sk-bench")
+            direct_s.append(d)
+            router_s.append(r)
+            added.append(r - d)
+    return {"direct_p50_ms": ms(statistics.median(direct_s)),
+            "router_p50_ms": ms(statistics.median(router_s)),
+            "added_p50_ms": ms(statistics.median(added)),
+            "added_p95_ms": ms(pct(added, 0.95))}
+
+
+async def _throughput(url: str, auth: str) -> float:
+    data = json.dumps(BODY).encode()
+    headers = {"content-type": "application/json", "authorization": auth}
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        remaining = CONCURRENT_REQUESTS
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                r = await client.post(url, content=data, headers=headers)
+                assert r.status_code == 200, r.text
+
+        await asyncio.gather(*(client.post(url, content=data, headers=headers)
+                               for _ in range(CONCURRENCY)))  # open the connections
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        return CONCURRENT_REQUESTS / (time.perf_counter() - t)
+
+
+def throughput(direct: str, router: str, token: str) -> dict[str, float]:
+    d = asyncio.run(_throughput(f"{direct}/chat/completions", "Bearer sk-bench"))
+    r = asyncio.run(_throughput(f"{router}/v1/chat/completions", f"Bearer {token}"))
+    return {"direct_rps": round(d, 1), "router_rps": round(r, 1),
+            "router_vs_direct": round(r / d, 3)}
+
+
+def sdk_round_trip(router: str, token: str) -> dict[str, Any]:
+    try:
+        from iron_sdk.call import Usage
+        from iron_sdk.remote import RemoteRuntime
+    except ImportError as exc:
+        return {"skipped": f"iron_sdk.remote not available ({exc})"}
+    remote = RemoteRuntime(router)
+    session = remote.open_session(ic_token=token)
+    usage = Usage(input_tokens=20, output_tokens=12)
+    times = []
+    for i in range(PAIRS + 200):
+        t = time.perf_counter()
+        call = remote.begin_call(session, model="gpt-4o-mini", messages=BODY["messages"],
+                                 max_tokens=32)
+        remote.settle_call(call, usage)
+        if i >= 200:  # the first ones warm up
+            times.append(time.perf_counter() - t)
+    remote.close_session(session)
+    remote.close()
+    return {"begin_settle_p50_ms": ms(statistics.median(times)),
+            "begin_settle_p95_ms": ms(pct(times, 0.95))}
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stdlib-standin", action="store_true",
+                        help="use the stand-in's stdlib server (default: its uvicorn mode; "
+                             "the stdlib one caps the 32-concurrent numbers)")
+    args = parser.parse_args()
+    home = Path(os.environ["IRON_HOME"])
+    standin, direct = start_standin(fast=not args.stdlib_standin)
+    try:
+        with RouterProcess(home=home, env={"OPENAI_BASE_URL": direct,
+                                           "OPENAI_API_KEY": "sk-bench"}) as router:
+            token = issue_token(home, "bench")
+            latency = added_latency(direct, router.url, token)
+            print("added latency:", latency, flush=True)
+            rps = throughput(direct, router.url, token)
+            print("throughput:", rps, flush=True)
+            sdk = sdk_round_trip(router.url, token)
+            print("sdk round trip:", sdk, flush=True)
+    finally:
+        standin.terminate()
+        standin.wait(10)
+    result = {
+        "pairs": PAIRS, "concurrency": CONCURRENCY, "concurrent_requests": CONCURRENT_REQUESTS,
+        "standin": "stdlib" if args.stdlib_standin else "uvicorn (--fast)",
+        "added_latency": latency, "throughput_32": rps, "sdk_http_round_trip": sdk,
+        "targets": {"added_p50_ms": 1.5, "added_p95_ms": 3.0, "sdk_round_trip_p50_ms": 1.0},
+        "litellm_proxy": "not installable in this environment; not compared",
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

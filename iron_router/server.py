@@ -1,0 +1,73 @@
+"""``iron-runtime --mode=router``: the router under uvicorn.
+
+SIGTERM/SIGINT: uvicorn stops accepting, lets in-flight requests finish, then the app's
+lifespan writes the settlements; the process exits 0.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import signal
+import sys
+from urllib.parse import urlsplit
+
+from iron_router.config import ConfigError, RouterConfig, default_openai_base, load_config
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("iron_router", "iron_sdk"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
+def _where(url: str) -> str:
+    """scheme://host:port of an upstream (a URL may carry credentials; they stay out)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+
+
+def describe(config: RouterConfig) -> str:
+    if config.routes:
+        return f"{len(config.routes)} model(s) from {config.path}"
+    return f"no config: model names pass through to {_where(default_openai_base())}"
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, config_path: str | None = None) -> int:
+    """Run the router until SIGTERM/SIGINT; return the exit code."""
+    _setup_logging()
+    log = logging.getLogger("iron_router")
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from iron_router.app import create_app
+
+    app = create_app(config)
+    has = importlib.util.find_spec
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, lifespan="on", access_log=False, log_level="warning",
+        http="httptools" if has("httptools") else "h11",
+        loop="uvloop" if has("uvloop") else "asyncio",
+        timeout_graceful_shutdown=config.settings.shutdown_timeout_s,
+        server_header=False))
+    # After a graceful shutdown uvicorn re-raises the signal it caught with the handler
+    # that was installed before it; a no-op there makes the process end with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    ledger = re.sub(r"//[^/@]*@", "//***@", config.runtime.ledger_url())  # no credentials
+    log.info("iron router on http://%s:%d — %s; ledger %s", host, port, describe(config), ledger)
+    server.run()
+    if not server.started:
+        return 1  # could not bind (uvicorn logged why)
+    log.info("iron router stopped; settlements written")
+    return 0

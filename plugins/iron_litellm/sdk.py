@@ -1,0 +1,335 @@
+"""Governs the LiteLLM SDK: ``litellm.completion`` and ``litellm.acompletion``, plain and
+streamed, go through the runtime — request policies before, one settlement after.
+
+Why wrapping and not a litellm hook: litellm's SDK hooks that may rewrite or refuse a
+request (``async_pre_call_deployment_hook``; the proxy's ``async_pre_call_hook``) run
+only for async calls. For a sync ``completion`` the only callbacks before the request
+are logging ones (``log_pre_api_call``), whose exceptions litellm swallows, and prompt
+management hooks, which run only with a ``prompt_id``. So the public entry points are
+wrapped instead: one code path for sync and async, streams included, with our typed
+errors reaching the caller unwrapped (raised inside ``completion``, litellm's
+``exception_type`` would turn them into an ``APIConnectionError``). ``litellm.Router``
+calls these public functions, so its deployment requests are governed too.
+
+A reference taken before instrumentation (``from litellm import completion`` at the top
+of the user's module) would keep the ungoverned function, so :func:`instrument` also
+rebinds such references in already-imported modules (litellm's own modules excepted).
+
+Exactly once: while litellm runs the request, :func:`iron_sdk.guard.outer_governed` is
+set, so the openai-client plugin does not charge the same request again (litellm's Azure
+provider, and litellm before 1.110 for OpenAI too, call the official client's
+``chat.completions.create``), and a nested call of the public functions passes straight
+through. Calls an outer integration governs (``is_outer_governed()``) pass through too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import litellm
+
+from iron_sdk.call import LlmCall, Usage, usage_from_openai
+from iron_sdk.guard import StreamMeter, is_outer_governed, outer_governed
+from iron_sdk.session import Session, active_session
+from iron_sdk.tokens import count_text
+
+_lock = threading.Lock()
+_originals: dict[str, Callable[..., Any]] = {}  # public name → litellm's own function
+_explicit = 0  # how many callbacks carry their own agent identity (0: skip the search)
+
+
+def instrument() -> None:
+    """Wrap ``litellm.completion``/``litellm.acompletion`` (idempotent, thread-safe)."""
+    if _originals:
+        return
+    with _lock:
+        if _originals:
+            return
+        originals = {}
+        for name, wrap in (("completion", _wrap_sync), ("acompletion", _wrap_async)):
+            original = getattr(litellm, name)
+            governed = wrap(original)
+            originals[name] = original
+            setattr(litellm, name, governed)
+            _rebind(original, governed)
+        _originals.update(originals)  # last: the unlocked check above means "all done"
+
+
+def uninstrument() -> None:
+    """Restore litellm's own functions (and the references :func:`instrument` rebound)."""
+    with _lock:
+        for name, original in _originals.items():
+            governed = getattr(litellm, name)
+            setattr(litellm, name, original)
+            _rebind(governed, original)
+        _originals.clear()
+
+
+def activate() -> None:
+    """What the entry point does inside a protected function: wrap, and make sure an
+    :class:`~iron_litellm.callback.IronLiteLLM` is in ``litellm.callbacks``."""
+    from iron_litellm.callback import IronLiteLLM
+
+    instrument()
+    if any(isinstance(cb, IronLiteLLM) for cb in litellm.callbacks):
+        return
+    with _lock:
+        if not any(isinstance(cb, IronLiteLLM) for cb in litellm.callbacks):
+            litellm.callbacks.append(IronLiteLLM())
+
+
+def _rebind(old: object, new: object) -> None:
+    """Point module-level names bound to ``old`` (``from litellm import completion``) at
+    ``new``. litellm's own modules keep their references: they are internal callers."""
+    for mod_name, module in list(sys.modules.items()):
+        if module is None or mod_name.split(".", 1)[0] in ("litellm", "iron_litellm"):
+            continue
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for key, value in list(namespace.items()):
+            if value is old:
+                namespace[key] = new
+
+
+def register_explicit() -> None:
+    """An :class:`IronLiteLLM` with its own agent identity exists: look for it."""
+    global _explicit
+    with _lock:
+        _explicit += 1
+
+
+def _session(kwargs: dict[str, Any]) -> Session | None:
+    """The session this request is governed by, or None to pass it through untouched:
+    the protected function's, else that of a callback with its own agent identity in
+    ``litellm.callbacks`` (or in this call's ``callbacks=``)."""
+    if is_outer_governed():  # an outer integration (or our own outer call) governs it
+        return None
+    session = active_session()
+    if session is not None or not _explicit:
+        return session
+    from iron_litellm.callback import IronLiteLLM
+
+    for cb in (*(kwargs.get("callbacks") or ()), *litellm.callbacks):
+        if isinstance(cb, IronLiteLLM) and cb.has_identity:
+            return cb.session()
+    return None
+
+
+@functools.cache
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
+def _kwargs(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> dict[str, Any]:
+    """All arguments by name (``completion("gpt-4o", msgs)`` is allowed)."""
+    if not args:
+        return kwargs
+    if len(args) <= 2:
+        return {**dict(zip(("model", "messages"), args, strict=False)), **kwargs}
+    bound = _signature(fn).bind_partial(*args, **kwargs)
+    extra = bound.arguments.pop("kwargs", {})
+    return {**bound.arguments, **extra}
+
+
+def _plain(message: Any) -> Any:
+    """litellm ``Message`` objects (a reply appended to the history) as dicts."""
+    if isinstance(message, dict) or not hasattr(message, "model_dump"):
+        return message
+    return message.model_dump(exclude_none=True)
+
+
+def _begin(session: Session, kwargs: dict[str, Any]) -> LlmCall:
+    """Run the request policies; rewrite ``kwargs`` with what may leave (redacted)."""
+    messages = kwargs.get("messages")
+    if isinstance(messages, list):
+        messages = [_plain(m) for m in messages]
+    tools = kwargs.get("tools")
+    stream = bool(kwargs.get("stream"))
+    call = session.runtime.begin_call(
+        session, model=kwargs.get("model"), messages=messages,
+        max_tokens=kwargs.get("max_completion_tokens") or kwargs.get("max_tokens"),
+        stream=stream, source="litellm", metadata={"tools": tools} if tools else None)
+    kwargs["messages"] = call.messages
+    if stream:  # ask for the usage chunk so streams are charged what the provider reports
+        options = kwargs.get("stream_options") or {}
+        call.metadata["hide_usage"] = not options.get("include_usage")
+        kwargs["stream_options"] = {**options, "include_usage": True}
+    return call
+
+
+def _field(obj: Any, name: str) -> Any:
+    """A pydantic field or extra without pydantic's slow ``__getattr__`` miss."""
+    fields = getattr(obj, "__dict__", None) or {}
+    if name in fields:
+        return fields[name]
+    extra = getattr(obj, "__pydantic_extra__", None)
+    return extra.get(name) if extra else None
+
+
+def _finish(call: LlmCall, result: Any) -> Any:
+    """Settle a plain reply, or hand back a stream that settles when it ends."""
+    if call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
+        return MeteredStream(result, StreamMeter(call), call.metadata["hide_usage"])
+    runtime = call.session.runtime
+    hidden = getattr(result, "_hidden_params", None) or {}
+    if hidden.get("cache_hit"):  # answered from litellm's cache: no provider request
+        runtime.settle_call(call, Usage())
+        return result
+    usage = usage_from_openai(_field(result, "usage"))
+    if usage is None or not (usage.input_tokens or usage.output_tokens):
+        text = "".join(_choice_text(c) for c in getattr(result, "choices", None) or ())
+        usage = Usage(input_tokens=call.input_tokens_est,
+                      output_tokens=count_text(call.model, text), counted=True)
+    runtime.settle_call(call, usage)
+    return result
+
+
+def _choice_text(choice: Any) -> str:
+    """A reply choice's text: chat (``message.content``) or text completion (``text``)."""
+    message = getattr(choice, "message", None)
+    text = getattr(message, "content", None) if message is not None else None
+    return (text if isinstance(text, str) else getattr(choice, "text", None)) or ""
+
+
+def _wrap_sync(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def completion(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("acompletion") is True:  # completion(..., acompletion=True)
+            kwargs.pop("acompletion")
+            return litellm.acompletion(*args, **kwargs)
+        session = _session(kwargs)
+        if session is None:
+            return original(*args, **kwargs)
+        kwargs = _kwargs(original, args, kwargs)
+        call = _begin(session, kwargs)
+        try:
+            with outer_governed():
+                result = original(**kwargs)
+        except BaseException as exc:
+            session.runtime.fail_call(call, exc)
+            raise
+        return _finish(call, result)
+    completion.__iron_governed__ = True  # type: ignore[attr-defined]
+    return completion
+
+
+def _wrap_async(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def acompletion(*args: Any, **kwargs: Any) -> Any:
+        session = _session(kwargs)
+        if session is None:
+            return await original(*args, **kwargs)
+        kwargs = _kwargs(original, args, kwargs)
+        call = _begin(session, kwargs)
+        try:
+            with outer_governed():
+                result = await original(**kwargs)
+        except BaseException as exc:
+            session.runtime.fail_call(call, exc)
+            raise
+        return _finish(call, result)
+    acompletion.__iron_governed__ = True  # type: ignore[attr-defined]
+    return acompletion
+
+
+def _observe(meter: StreamMeter, chunk: Any) -> bool:
+    """Meter one chunk; False for the usage-only chunk the caller did not ask for."""
+    usage = _field(chunk, "usage")
+    if usage is not None:
+        meter.usage = usage_from_openai(usage)
+    choices = _field(chunk, "choices") or ()
+    for choice in choices:
+        delta = getattr(choice, "delta", None)
+        if delta is None:
+            text = getattr(choice, "text", None)  # a text-completion chunk
+            if isinstance(text, str) and text:
+                meter.parts.append(text)
+            continue
+        content = getattr(delta, "content", None)
+        if content:
+            meter.parts.append(content)
+        for tc in getattr(delta, "tool_calls", None) or ():
+            fn = getattr(tc, "function", None)
+            if fn is not None and getattr(fn, "arguments", None):
+                meter.parts.append(fn.arguments)
+    return bool(choices) or usage is None
+
+
+class MeteredStream:
+    """litellm's ``CustomStreamWrapper``, metered: settles once when exhausted, closed,
+    failed or dropped (an abandoned stream pays for what was generated)."""
+
+    def __init__(self, stream: Any, meter: StreamMeter, hide_usage: bool) -> None:
+        self._stream, self._meter, self._hide = stream, meter, hide_usage
+
+    def __iter__(self) -> MeteredStream:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            try:
+                chunk = next(self._stream)
+            except StopIteration:
+                self._meter.finish()
+                raise
+            except BaseException as exc:
+                self._meter.fail(exc)
+                raise
+            if _observe(self._meter, chunk) or not self._hide:
+                return chunk
+
+    def __aiter__(self) -> MeteredStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while True:
+            try:
+                chunk = await self._stream.__anext__()
+            except StopAsyncIteration:
+                self._meter.finish()
+                raise
+            except BaseException as exc:
+                self._meter.fail(exc)
+                raise
+            if _observe(self._meter, chunk) or not self._hide:
+                return chunk
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._meter.finish()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._meter.finish()
+
+    def __enter__(self) -> MeteredStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> MeteredStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if not self._meter.done:
+            with contextlib.suppress(Exception):  # never raise from the garbage collector
+                self._meter.finish()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
