@@ -11,7 +11,6 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from iron_sdk.call import usage_from_openai
 from iron_sdk.guard import StreamMeter, outer_governed
 
 if TYPE_CHECKING:
@@ -223,21 +222,8 @@ def litellm_error(exc: Exception) -> tuple[int, str]:
 # -- streams ----------------------------------------------------------------------------
 def meter_chunk(obj: dict[str, Any], meter: StreamMeter) -> bool:
     """Record a stream chunk's text and usage on ``meter``; True when it carries usage."""
-    usage = obj.get("usage")
-    if usage:
-        meter.usage = usage_from_openai(usage)
-    for choice in obj.get("choices") or ():
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if not delta:
-            continue
-        content = delta.get("content")
-        if content:
-            meter.parts.append(content)
-        for tool in delta.get("tool_calls") or ():
-            args = ((tool or {}).get("function") or {}).get("arguments")
-            if args:
-                meter.parts.append(args)
-    return bool(usage)
+    meter.observe(obj)
+    return bool(obj.get("usage"))
 
 
 def _event(event: bytes, meter: StreamMeter, hide_usage: bool) -> bytes | None:

@@ -87,29 +87,34 @@ class ToolCall:
     error: BaseException | None = None
 
 
-def _get(obj: Any, name: str) -> Any:
+def field_of(obj: Any, name: str) -> Any:
+    """``obj[name]`` for a dict, else the attribute, None when missing.
+
+    Pydantic models (openai's and litellm's) are read from ``__dict__``: a miss through
+    ``getattr`` goes through pydantic's ``__getattr__``, which costs tens of µs to raise.
+    """
     if isinstance(obj, dict):
         return obj.get(name)
-    # Read pydantic models' fields from __dict__: a missing name through getattr would go
-    # through pydantic's __getattr__, which costs tens of µs to raise AttributeError.
     fields = getattr(obj, "__dict__", None)
     if fields is not None and name in fields:
         return fields[name]
-    extra = getattr(obj, "__pydantic_extra__", None)
-    return extra.get(name) if extra else getattr(obj, name, None) if fields is None else None
+    if hasattr(type(obj), "__pydantic_fields__"):
+        extra = getattr(obj, "__pydantic_extra__", None)
+        return extra.get(name) if extra else None
+    return getattr(obj, name, None)
 
 
 def usage_from_openai(usage: Any) -> Usage | None:
     """Usage from an OpenAI-format ``usage`` object or dict (also litellm's)."""
     if usage is None:
         return None
-    prompt_details = _get(usage, "prompt_tokens_details")
-    completion_details = _get(usage, "completion_tokens_details")
+    prompt_details = field_of(usage, "prompt_tokens_details")
+    completion_details = field_of(usage, "completion_tokens_details")
     return Usage(
-        input_tokens=_get(usage, "prompt_tokens") or 0,
-        output_tokens=_get(usage, "completion_tokens") or 0,
-        cached_input_tokens=(_get(prompt_details, "cached_tokens") or 0) if prompt_details else 0,
-        cache_creation_tokens=_get(usage, "cache_creation_input_tokens") or 0,
-        reasoning_tokens=(_get(completion_details, "reasoning_tokens") or 0)
-        if completion_details else 0,
+        input_tokens=field_of(usage, "prompt_tokens") or 0,
+        output_tokens=field_of(usage, "completion_tokens") or 0,
+        cached_input_tokens=(prompt_details and field_of(prompt_details, "cached_tokens")) or 0,
+        cache_creation_tokens=field_of(usage, "cache_creation_input_tokens") or 0,
+        reasoning_tokens=(completion_details
+                          and field_of(completion_details, "reasoning_tokens")) or 0,
     )

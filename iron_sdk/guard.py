@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
-from iron_sdk.call import LlmCall, Usage
+from iron_sdk.call import LlmCall, Usage, field_of, usage_from_openai
 from iron_sdk.errors import IronCageError
 from iron_sdk.events import call_event
 from iron_sdk.session import active_session
@@ -104,6 +104,31 @@ class StreamMeter:
         self.parts: list[str] = []
         self.usage: Usage | None = None
         self.done = False
+
+    def observe(self, chunk: Any) -> bool:
+        """Meter one OpenAI-format stream chunk (object or dict): its text, tool-call
+        arguments and usage. False for a usage-only chunk (no choices), which a caller
+        that did not ask for usage should not be shown."""
+        usage = field_of(chunk, "usage")
+        if usage is not None:
+            self.usage = usage_from_openai(usage)
+        choices = field_of(chunk, "choices") or ()
+        for choice in choices:
+            delta = field_of(choice, "delta")
+            if delta is None:
+                text = field_of(choice, "text")  # a text-completion chunk
+                if isinstance(text, str) and text:
+                    self.parts.append(text)
+                continue
+            content = field_of(delta, "content")
+            if content:
+                self.parts.append(content)
+            for tool_call in field_of(delta, "tool_calls") or ():
+                function = field_of(tool_call, "function")
+                arguments = field_of(function, "arguments") if function is not None else None
+                if arguments:
+                    self.parts.append(arguments)
+        return bool(choices) or usage is None
 
     def finish(self) -> None:
         if self.done:

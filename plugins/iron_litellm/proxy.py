@@ -39,8 +39,8 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
-from iron_litellm.sdk import _choice_text, _field, _observe, _plain
-from iron_sdk.call import LlmCall, Usage, usage_from_openai
+from iron_litellm.sdk import _choice_text, _plain
+from iron_sdk.call import LlmCall, Usage, field_of, usage_from_openai
 from iron_sdk.config import BudgetConfig
 from iron_sdk.errors import IronCageError, RuntimeUnavailableError
 from iron_sdk.events import make_event
@@ -157,7 +157,7 @@ class IronProxyHandler(CustomLogger):
         if call.stream and not hasattr(response, "choices"):
             self._pending[str(data.get("litellm_call_id"))] = pending  # the stream settles
             return response
-        usage = usage_from_openai(_field(response, "usage"))
+        usage = usage_from_openai(field_of(response, "usage"))
         if usage is None or not (usage.input_tokens or usage.output_tokens):
             text = "".join(_choice_text(c) for c in getattr(response, "choices", None) or ())
             usage = Usage(input_tokens=call.input_tokens_est,
@@ -186,7 +186,7 @@ class IronProxyHandler(CustomLogger):
         meter = StreamMeter(call)
         try:
             async for chunk in response:
-                if _observe(meter, chunk) or not hide_usage:
+                if meter.observe(chunk) or not hide_usage:
                     yield chunk
         except BaseException as exc:  # provider failed mid-stream, or the client left
             self._end(call, functools.partial(meter.fail, exc), exc)

@@ -34,7 +34,7 @@ from typing import Any
 
 import litellm
 
-from iron_sdk.call import LlmCall, Usage, usage_from_openai
+from iron_sdk.call import LlmCall, Usage, field_of, usage_from_openai
 from iron_sdk.guard import StreamMeter, is_outer_governed, outer_governed
 from iron_sdk.session import Session, active_session
 from iron_sdk.tokens import count_text
@@ -165,15 +165,6 @@ def _begin(session: Session, kwargs: dict[str, Any]) -> LlmCall:
     return call
 
 
-def _field(obj: Any, name: str) -> Any:
-    """A pydantic field or extra without pydantic's slow ``__getattr__`` miss."""
-    fields = getattr(obj, "__dict__", None) or {}
-    if name in fields:
-        return fields[name]
-    extra = getattr(obj, "__pydantic_extra__", None)
-    return extra.get(name) if extra else None
-
-
 def _finish(call: LlmCall, result: Any) -> Any:
     """Settle a plain reply, or hand back a stream that settles when it ends."""
     if call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
@@ -183,7 +174,7 @@ def _finish(call: LlmCall, result: Any) -> Any:
     if hidden.get("cache_hit"):  # answered from litellm's cache: no provider request
         runtime.settle_call(call, Usage())
         return result
-    usage = usage_from_openai(_field(result, "usage"))
+    usage = usage_from_openai(field_of(result, "usage"))
     if usage is None or not (usage.input_tokens or usage.output_tokens):
         text = "".join(_choice_text(c) for c in getattr(result, "choices", None) or ())
         usage = Usage(input_tokens=call.input_tokens_est,
@@ -240,29 +231,6 @@ def _wrap_async(original: Callable[..., Any]) -> Callable[..., Any]:
     return acompletion
 
 
-def _observe(meter: StreamMeter, chunk: Any) -> bool:
-    """Meter one chunk; False for the usage-only chunk the caller did not ask for."""
-    usage = _field(chunk, "usage")
-    if usage is not None:
-        meter.usage = usage_from_openai(usage)
-    choices = _field(chunk, "choices") or ()
-    for choice in choices:
-        delta = getattr(choice, "delta", None)
-        if delta is None:
-            text = getattr(choice, "text", None)  # a text-completion chunk
-            if isinstance(text, str) and text:
-                meter.parts.append(text)
-            continue
-        content = getattr(delta, "content", None)
-        if content:
-            meter.parts.append(content)
-        for tc in getattr(delta, "tool_calls", None) or ():
-            fn = getattr(tc, "function", None)
-            if fn is not None and getattr(fn, "arguments", None):
-                meter.parts.append(fn.arguments)
-    return bool(choices) or usage is None
-
-
 class MeteredStream:
     """litellm's ``CustomStreamWrapper``, metered: settles once when exhausted, closed,
     failed or dropped (an abandoned stream pays for what was generated)."""
@@ -283,7 +251,7 @@ class MeteredStream:
             except BaseException as exc:
                 self._meter.fail(exc)
                 raise
-            if _observe(self._meter, chunk) or not self._hide:
+            if self._meter.observe(chunk) or not self._hide:
                 return chunk
 
     def __aiter__(self) -> MeteredStream:
@@ -299,7 +267,7 @@ class MeteredStream:
             except BaseException as exc:
                 self._meter.fail(exc)
                 raise
-            if _observe(self._meter, chunk) or not self._hide:
+            if self._meter.observe(chunk) or not self._hide:
                 return chunk
 
     def close(self) -> None:

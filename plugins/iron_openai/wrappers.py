@@ -128,24 +128,6 @@ def _wrap_async(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
     return governed
 
 
-def _observe(meter: StreamMeter, chunk: Any) -> bool:
-    """Meter one chunk; return False for the usage-only chunk the user did not ask for."""
-    usage = getattr(chunk, "usage", None)
-    if usage is not None:
-        meter.usage = usage_from_openai(usage)
-    choices = getattr(chunk, "choices", None) or ()
-    for choice in choices:
-        delta = choice.delta
-        if delta is None:
-            continue
-        if delta.content:
-            meter.parts.append(delta.content)
-        for tc in delta.tool_calls or ():
-            if tc.function and tc.function.arguments:
-                meter.parts.append(tc.function.arguments)
-    return bool(choices) or usage is None
-
-
 class GovernedStream:
     """The user's ``Stream``, metered; settles when exhausted, closed or dropped."""
 
@@ -156,7 +138,7 @@ class GovernedStream:
     def _iterate(self) -> Iterator[Any]:
         try:
             for chunk in self._stream:
-                if _observe(self._meter, chunk) or not self._hide:
+                if self._meter.observe(chunk) or not self._hide:
                     yield chunk
         except GeneratorExit:
             self._meter.finish()  # abandoned: charged for what was generated
@@ -201,7 +183,7 @@ class AsyncGovernedStream:
     async def _iterate(self) -> AsyncIterator[Any]:
         try:
             async for chunk in self._stream:
-                if _observe(self._meter, chunk) or not self._hide:
+                if self._meter.observe(chunk) or not self._hide:
                     yield chunk
         except GeneratorExit:
             self._meter.finish()
