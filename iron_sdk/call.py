@@ -105,16 +105,24 @@ def field_of(obj: Any, name: str) -> Any:
 
 
 def usage_from_openai(usage: Any) -> Usage | None:
-    """Usage from an OpenAI-format ``usage`` object or dict (also litellm's)."""
+    """Usage from an OpenAI ``usage`` object or dict: Chat Completions' shape
+    (``prompt_tokens``...; litellm's too) or the Responses API's (``input_tokens``...)."""
     if usage is None:
         return None
-    prompt_details = field_of(usage, "prompt_tokens_details")
-    completion_details = field_of(usage, "completion_tokens_details")
+    input_tokens = field_of(usage, "prompt_tokens")
+    if input_tokens is None:  # the Responses API's names
+        input_details = field_of(usage, "input_tokens_details")
+        output_details = field_of(usage, "output_tokens_details")
+        input_tokens = field_of(usage, "input_tokens")
+        output_tokens = field_of(usage, "output_tokens")
+    else:
+        input_details = field_of(usage, "prompt_tokens_details")
+        output_details = field_of(usage, "completion_tokens_details")
+        output_tokens = field_of(usage, "completion_tokens")
     return Usage(
-        input_tokens=field_of(usage, "prompt_tokens") or 0,
-        output_tokens=field_of(usage, "completion_tokens") or 0,
-        cached_input_tokens=(prompt_details and field_of(prompt_details, "cached_tokens")) or 0,
+        input_tokens=input_tokens or 0,
+        output_tokens=output_tokens or 0,
+        cached_input_tokens=(input_details and field_of(input_details, "cached_tokens")) or 0,
         cache_creation_tokens=field_of(usage, "cache_creation_input_tokens") or 0,
-        reasoning_tokens=(completion_details
-                          and field_of(completion_details, "reasoning_tokens")) or 0,
+        reasoning_tokens=(output_details and field_of(output_details, "reasoning_tokens")) or 0,
     )

@@ -15,6 +15,7 @@ answers 401 quoting the API key it was sent (as some providers do).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 import threading
@@ -165,6 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chat(body)
         elif path.endswith("/completions"):
             self._completion(body)
+        elif path.endswith("/responses"):
+            self._responses(body)
         elif path.endswith("/messages"):
             self._messages(body)
         else:
@@ -189,6 +192,80 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": usage,
         })
 
+    def _sse_start(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _sse(self, text: str) -> None:
+        """One server-sent event as one HTTP chunk, flushed at once."""
+        data = text.encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _sse_stream(self, events: Any) -> None:
+        """Send every event text ``events`` yields; count finished and abandoned streams."""
+        owner = self.owner
+        self._sse_start()
+        try:
+            for text in events:
+                self._sse(text)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            with owner._lock:
+                owner.completed_streams += 1
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            with owner._lock:
+                owner.abandoned_streams += 1
+
+    def _responses(self, body: dict[str, Any]) -> None:
+        """OpenAI's Responses API (plain and streamed)."""
+        owner = self.owner
+        words = owner.reply_text(body.get("max_output_tokens"))
+        raw = body.get("input")
+        messages = ([{"role": "user", "content": raw}] if isinstance(raw, str)
+                    else [m for m in raw or [] if isinstance(m, dict)])
+        if body.get("instructions"):
+            messages.insert(0, {"role": "system", "content": body["instructions"]})
+        prompt = prompt_tokens(messages)
+        cached = min(owner.cached_tokens, prompt)
+        response = {
+            "id": "resp_standin", "object": "response", "created_at": int(time.time()),
+            "model": body.get("model"), "status": "completed", "parallel_tool_calls": True,
+            "tool_choice": "auto", "tools": [],
+            "output": [{"type": "message", "id": "msg_standin", "status": "completed",
+                        "role": "assistant", "content": [
+                            {"type": "output_text", "text": "".join(words),
+                             "annotations": []}]}],
+            "usage": {"input_tokens": prompt, "output_tokens": len(words),
+                      "total_tokens": prompt + len(words),
+                      "input_tokens_details": {"cached_tokens": cached},
+                      "output_tokens_details": {"reasoning_tokens": 0}},
+        }
+        if not body.get("stream"):
+            self._json(200, response)
+            return
+
+        def events() -> Any:
+            seq = itertools.count()
+
+            def event(type_: str, **payload: Any) -> str:
+                data = json.dumps({"type": type_, "sequence_number": next(seq), **payload})
+                return f"event: {type_}\ndata: {data}\n\n"
+
+            yield event("response.created", response={**response, "status": "in_progress",
+                                                       "output": [], "usage": None})
+            for word in words:
+                if owner.chunk_delay_s:
+                    time.sleep(owner.chunk_delay_s)
+                yield event("response.output_text.delta", item_id="msg_standin",
+                            output_index=0, content_index=0, delta=word, logprobs=[])
+            yield event("response.completed", response=response)
+
+        self._sse_stream(events())
+
     def _messages(self, body: dict[str, Any]) -> None:
         """Anthropic's Messages API (plain and streamed), for the router's litellm route."""
         owner = self.owner
@@ -205,39 +282,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {**message, "stop_reason": "end_turn", "usage": usage,
                              "content": [{"type": "text", "text": "".join(words)}]})
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
 
-        def send(event: str, payload: dict[str, Any]) -> None:
-            chunk = f"event: {event}\ndata: {json.dumps({'type': event, **payload})}\n\n"
-            data = chunk.encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
+        def send(event: str, payload: dict[str, Any]) -> str:
+            return f"event: {event}\ndata: {json.dumps({'type': event, **payload})}\n\n"
 
-        try:
-            send("message_start", {"message": {
+        def events() -> Any:
+            yield send("message_start", {"message": {
                 **message, "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}})
-            send("content_block_start", {"index": 0,
-                                         "content_block": {"type": "text", "text": ""}})
+            yield send("content_block_start", {"index": 0,
+                                               "content_block": {"type": "text", "text": ""}})
             for word in words:
                 if owner.chunk_delay_s:
                     time.sleep(owner.chunk_delay_s)
-                send("content_block_delta", {"index": 0,
-                                             "delta": {"type": "text_delta", "text": word}})
-            send("content_block_stop", {"index": 0})
-            send("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                   "usage": {"output_tokens": len(words)}})
-            send("message_stop", {})
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-            with owner._lock:
-                owner.completed_streams += 1
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-            with owner._lock:
-                owner.abandoned_streams += 1
+                yield send("content_block_delta", {"index": 0,
+                                                   "delta": {"type": "text_delta", "text": word}})
+            yield send("content_block_stop", {"index": 0})
+            yield send("message_delta", {"delta": {"stop_reason": "end_turn",
+                                                   "stop_sequence": None},
+                                         "usage": {"output_tokens": len(words)}})
+            yield send("message_stop", {})
+
+        self._sse_stream(events())
 
     def _embeddings(self, body: dict[str, Any]) -> None:
         inputs = body.get("input")
@@ -251,40 +316,27 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(self, body: dict[str, Any]) -> None:
         owner = self.owner
         words = owner.reply_text(body.get("max_completion_tokens") or body.get("max_tokens"))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
         base = {"id": "chatcmpl-standin", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body.get("model")}
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        def send(payload: dict[str, Any] | str) -> None:
-            data = payload if isinstance(payload, str) else json.dumps(payload)
-            chunk = f"data: {data}\n\n".encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            self.wfile.flush()
+        def send(payload: dict[str, Any] | str) -> str:
+            return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
-        try:
-            send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                       "finish_reason": None}]})
+        def events() -> Any:
+            yield send({**base, "choices": [{"index": 0, "finish_reason": None,
+                                             "delta": {"role": "assistant", "content": ""}}]})
             for word in words:
                 if owner.chunk_delay_s:
                     time.sleep(owner.chunk_delay_s)
-                send({**base, "choices": [{"index": 0, "delta": {"content": word},
-                                           "finish_reason": None}]})
-            send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                yield send({**base, "choices": [{"index": 0, "delta": {"content": word},
+                                                 "finish_reason": None}]})
+            yield send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
             if want_usage and owner.stream_usage:
-                send({**base, "choices": [], "usage": owner.usage(body, len(words))})
-            send("[DONE]")
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-            with owner._lock:
-                owner.completed_streams += 1
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-            with owner._lock:
-                owner.abandoned_streams += 1
+                yield send({**base, "choices": [], "usage": owner.usage(body, len(words))})
+            yield send("[DONE]")
+
+        self._sse_stream(events())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -583,3 +583,23 @@ def test_a_plugin_can_refuse_a_tool_before_it_runs(runtime, tool_provider):
     with pytest.raises(NoOrders):
         agent()
     assert LOOKUPS == [] and len(tool_provider.requests) == 1
+
+
+def test_chat_openai_on_the_responses_api_is_charged_once(runtime, provider):
+    chat = ChatOpenAI(model="gpt-4o-mini", base_url=provider.url, api_key=KEY, max_retries=0,
+                      use_responses_api=True)
+
+    @protect_agent(agent_id="lc-responses")
+    def agent() -> None:
+        chat.invoke("reach me at eve@example.com")
+        "".join(str(c.content) for c in chat.stream("and stream"))
+
+    agent()
+    assert len(provider.requests) == 2
+    assert "[EMAIL_REDACTED]" in json.dumps(provider.requests[0]["input"])
+    completed = events(runtime, "call_completed")
+    assert [(e["source"], e["usage_counted"]) for e in completed] == [("openai", False)] * 2
+    assert runtime.ledger.state("agent:lc-responses").spent_micro == sum(
+        expected_micro("gpt-4o-mini", {"prompt_tokens": e["input_tokens"],
+                                       "completion_tokens": e["output_tokens"]})
+        for e in completed) > 0

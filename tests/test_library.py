@@ -475,3 +475,39 @@ def test_redis_ledger_end_to_end(iron_home, provider, client, redis_url, monkeyp
     finally:
         set_runtime(previous)
         rt.close()
+
+
+def test_responses_api_is_governed(runtime, provider, client, iron_home):
+    @protect_agent(agent_id="responder", budget_usd=0.01)
+    def agent() -> tuple[str, str]:
+        plain = client.responses.create(
+            model="gpt-4o-mini", instructions="Be brief.", max_output_tokens=40,
+            input=[{"role": "user", "content": "Call me at +1 415-555-0132"}])
+        streamed = "".join(e.delta for e in client.responses.create(
+            model="gpt-4o-mini", input="Mail eve@example.com", stream=True)
+            if e.type == "response.output_text.delta")
+        return plain.output_text, streamed
+
+    plain, streamed = agent()
+    assert plain and streamed
+    first, second = provider.requests
+    assert first["instructions"] == "Be brief."
+    assert first["input"][0]["content"] == "Call me at [PHONE_REDACTED]"
+    assert second["input"] == "Mail [EMAIL_REDACTED]"
+    completed = _events(runtime, "call_completed")
+    assert [e["usage_counted"] for e in completed] == [False, False]
+    want = sum(expected_micro("gpt-4o-mini", {"prompt_tokens": e["input_tokens"],
+                                              "completion_tokens": e["output_tokens"]})
+               for e in completed)
+    assert runtime.ledger.state("agent:responder").spent_micro == want > 0
+
+
+async def test_async_responses_api_blocks_over_budget(runtime, provider, aclient):
+    @protect_agent(agent_id="async-responder", budget_usd=0.000001)
+    async def agent():
+        return await aclient.responses.create(model="gpt-4o", input="hello",
+                                              max_output_tokens=500)
+
+    with pytest.raises(BudgetExceededError):
+        await agent()
+    assert provider.requests == []

@@ -1,6 +1,7 @@
 """iron-sdk plugin for the official ``openai`` client: inside a protected function every
-``chat.completions.create``/``parse`` and ``embeddings.create`` call (sync, async,
-streamed) is governed without any wrapper in user code."""
+``chat.completions.create``/``parse``, ``responses.create``/``parse`` and
+``embeddings.create`` call (sync, async, streamed) is governed without any wrapper in
+user code."""
 
 from iron_openai.wrappers import instrument, uninstrument
 

@@ -8,11 +8,12 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from iron_sdk.call import LlmCall, Usage, usage_from_openai
+from iron_sdk.call import LlmCall, Usage, field_of, usage_from_openai
 from iron_sdk.guard import StreamMeter, is_outer_governed
 from iron_sdk.session import active_session
 from iron_sdk.tokens import count_text
 
+Observe = Callable[[StreamMeter, Any], bool]  # meters one chunk; False hides it
 _lock = threading.Lock()
 _originals: dict[tuple[type, str], Callable[..., Any]] = {}
 
@@ -20,9 +21,12 @@ _originals: dict[tuple[type, str], Callable[..., Any]] = {}
 def _targets() -> list[tuple[type, str, str]]:
     from openai.resources.chat.completions import AsyncCompletions, Completions
     from openai.resources.embeddings import AsyncEmbeddings, Embeddings
+    from openai.resources.responses import AsyncResponses, Responses
 
     return [(Completions, "create", "chat"), (Completions, "parse", "chat"),
             (AsyncCompletions, "create", "chat"), (AsyncCompletions, "parse", "chat"),
+            (Responses, "create", "responses"), (Responses, "parse", "responses"),
+            (AsyncResponses, "create", "responses"), (AsyncResponses, "parse", "responses"),
             (Embeddings, "create", "embedding"), (AsyncEmbeddings, "create", "embedding")]
 
 
@@ -65,6 +69,8 @@ def _begin(kind: str, kwargs: dict[str, Any]) -> LlmCall | None:
         elif isinstance(raw, str):
             kwargs["input"] = call.messages[0]["content"]
         return call
+    if kind == "responses":
+        return _begin_response(session, kwargs)
     stream = bool(kwargs.get("stream"))
     tools = kwargs.get("tools")
     call = session.runtime.begin_call(
@@ -79,14 +85,61 @@ def _begin(kind: str, kwargs: dict[str, Any]) -> LlmCall | None:
     return call
 
 
+def _begin_response(session: Any, kwargs: dict[str, Any]) -> LlmCall:
+    """The Responses API: ``instructions`` and ``input`` (a string, or items of which the
+    role/content ones are messages) are what the policies see; redactions go back."""
+    instructions, raw = kwargs.get("instructions"), kwargs.get("input")
+    messages: list[dict[str, Any]] = []
+    if isinstance(instructions, str):
+        messages.append({"role": "system", "content": instructions})
+    if isinstance(raw, str):
+        messages.append({"role": "user", "content": raw})
+        positions: list[int] = []
+    else:
+        positions = [i for i, item in enumerate(raw or ())
+                     if isinstance(item, dict) and "role" in item and "content" in item]
+        messages += [raw[i] for i in positions]
+    call = session.runtime.begin_call(
+        session, model=kwargs.get("model"), messages=messages,
+        max_tokens=kwargs.get("max_output_tokens"), stream=bool(kwargs.get("stream")),
+        source="openai")
+    if call.redacted:
+        out = iter(call.messages)
+        if isinstance(instructions, str):
+            kwargs["instructions"] = next(out)["content"]
+        if isinstance(raw, str):
+            kwargs["input"] = next(out)["content"]
+        else:
+            items = list(raw)
+            for i in positions:
+                items[i] = next(out)
+            kwargs["input"] = items
+    call.metadata["hide_usage"] = False  # Responses streams always carry their usage
+    call.metadata["observe"] = _observe_response_event
+    return call
+
+
+def _observe_response_event(meter: StreamMeter, event: Any) -> bool:
+    """Meter one Responses stream event: text and argument deltas, usage at the end."""
+    kind = field_of(event, "type")
+    if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+        delta = field_of(event, "delta")
+        if delta:
+            meter.parts.append(delta)
+    elif kind == "response.completed":
+        meter.usage = usage_from_openai(field_of(field_of(event, "response"), "usage"))
+    return True
+
+
 def _settle(call: LlmCall, result: Any) -> None:
     parsed = result
     if not hasattr(result, "usage") and hasattr(result, "parse"):  # with_raw_response
         parsed = result.parse()
     usage = usage_from_openai(getattr(parsed, "usage", None))
     if usage is None or (not usage.input_tokens and not usage.output_tokens):
-        text = "".join((getattr(c.message, "content", None) or "")
-                       for c in getattr(parsed, "choices", None) or ())
+        text = getattr(parsed, "output_text", None) or "".join(
+            (getattr(c.message, "content", None) or "")
+            for c in getattr(parsed, "choices", None) or ())
         usage = Usage(input_tokens=call.input_tokens_est,
                       output_tokens=count_text(call.model, text), counted=True)
     call.session.runtime.settle_call(call, usage)
@@ -104,7 +157,8 @@ def _wrap_sync(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
             call.session.runtime.fail_call(call, exc)
             raise
         if call.stream:
-            return GovernedStream(result, StreamMeter(call), call.metadata["hide_usage"])
+            return GovernedStream(result, StreamMeter(call), call.metadata["hide_usage"],
+                                  call.metadata.get("observe"))
         _settle(call, result)
         return result
     return governed
@@ -122,7 +176,8 @@ def _wrap_async(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
             call.session.runtime.fail_call(call, exc)
             raise
         if call.stream:
-            return AsyncGovernedStream(result, StreamMeter(call), call.metadata["hide_usage"])
+            return AsyncGovernedStream(result, StreamMeter(call), call.metadata["hide_usage"],
+                                       call.metadata.get("observe"))
         _settle(call, result)
         return result
     return governed
@@ -131,14 +186,16 @@ def _wrap_async(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
 class GovernedStream:
     """The user's ``Stream``, metered; settles when exhausted, closed or dropped."""
 
-    def __init__(self, stream: Any, meter: StreamMeter, hide_usage: bool) -> None:
+    def __init__(self, stream: Any, meter: StreamMeter, hide_usage: bool,
+                 observe: Observe | None = None) -> None:
         self._stream, self._meter, self._hide = stream, meter, hide_usage
+        self._observe: Observe = observe or StreamMeter.observe
         self._iterator = self._iterate()
 
     def _iterate(self) -> Iterator[Any]:
         try:
             for chunk in self._stream:
-                if self._meter.observe(chunk) or not self._hide:
+                if self._observe(self._meter, chunk) or not self._hide:
                     yield chunk
         except GeneratorExit:
             self._meter.finish()  # abandoned: charged for what was generated
@@ -176,14 +233,16 @@ class GovernedStream:
 class AsyncGovernedStream:
     """The user's ``AsyncStream``, metered like :class:`GovernedStream`."""
 
-    def __init__(self, stream: Any, meter: StreamMeter, hide_usage: bool) -> None:
+    def __init__(self, stream: Any, meter: StreamMeter, hide_usage: bool,
+                 observe: Observe | None = None) -> None:
         self._stream, self._meter, self._hide = stream, meter, hide_usage
+        self._observe: Observe = observe or StreamMeter.observe
         self._iterator = self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
         try:
             async for chunk in self._stream:
-                if self._meter.observe(chunk) or not self._hide:
+                if self._observe(self._meter, chunk) or not self._hide:
                     yield chunk
         except GeneratorExit:
             self._meter.finish()
