@@ -14,7 +14,12 @@ from typing import Any
 
 from iron_sdk.call import LlmCall, ToolCall, Usage
 from iron_sdk.config import BudgetConfig, ReliabilityConfig, RuntimeConfig, SafetyConfig
-from iron_sdk.errors import InvalidRequestError, IronCageError, RuntimeUnavailableError
+from iron_sdk.errors import (
+    InvalidRequestError,
+    IronCageError,
+    RuntimeUnavailableError,
+    UnknownModelPriceError,
+)
 from iron_sdk.events import Event, call_event, make_event
 from iron_sdk.identity import TokenVerifier
 from iron_sdk.ledger import Ledger, MemoryLedger, open_ledger
@@ -150,8 +155,6 @@ class Runtime:
         """The model's price (configured, plugin, or database); refuses unknown models."""
         price = self._prices.get(model)
         if price is None:
-            from iron_sdk.errors import UnknownModelPriceError
-
             price = self.hook.iron_model_price(model=model)
             if price is None:
                 raise UnknownModelPriceError(model)
