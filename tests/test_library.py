@@ -288,3 +288,23 @@ async def test_async_responses_api_blocks_over_budget(runtime, provider, aclient
     with pytest.raises(BudgetExceededError):
         await agent()
     assert provider.requests == []
+
+
+def test_a_failing_detector_blocks_the_call(runtime, provider, client):
+    from iron_sdk import RuntimeUnavailableError
+
+    class BrokenDetector:  # an extra detector (e.g. an NER model) that crashes
+        @hookimpl
+        def iron_detect(self, text: str):
+            raise RuntimeError("model not loaded")
+
+    runtime.pm.register(BrokenDetector())
+
+    @protect_agent(agent_id="fail-closed")
+    def agent():
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+
+    with pytest.raises(RuntimeUnavailableError, match="safety fails closed"):
+        agent()
+    assert provider.requests == []
+    assert runtime.ledger.state("agent:fail-closed").reserved_micro == 0
