@@ -7,7 +7,9 @@ Every integration — ours or a user's — drives a call the same way:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import TracebackType
@@ -148,6 +150,97 @@ class StreamMeter:
         else:
             self.done = True
             self.call.session.runtime.fail_call(self.call, error)
+
+
+Observe = Callable[[StreamMeter, Any], bool]  # meters one chunk; False hides it
+
+
+class MeteredStream:
+    """A provider stream (sync or async), metered: yields the chunks the caller asked
+    for and settles exactly once when exhausted, failed, closed or dropped (an abandoned
+    stream pays for what was generated). ``observe`` meters one chunk (default:
+    OpenAI-format chunks); the rest of the stream's interface passes through."""
+
+    def __init__(self, stream: Any, meter: StreamMeter, hide_usage: bool = False,
+                 observe: Observe | None = None) -> None:
+        self._stream, self._meter, self._hide = stream, meter, hide_usage
+        self._observe: Observe = observe or StreamMeter.observe
+
+    def __iter__(self) -> MeteredStream:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            try:
+                chunk = next(self._stream)
+            except StopIteration:
+                self._meter.finish()
+                raise
+            except BaseException as exc:
+                self._meter.fail(exc)
+                raise
+            if self._observe(self._meter, chunk) or not self._hide:
+                return chunk
+
+    def __aiter__(self) -> MeteredStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while True:
+            try:
+                chunk = await self._stream.__anext__()
+            except StopAsyncIteration:
+                self._meter.finish()
+                raise
+            except BaseException as exc:
+                self._meter.fail(exc)
+                raise
+            if self._observe(self._meter, chunk) or not self._hide:
+                return chunk
+
+    def close(self) -> Any:
+        """Close the stream; awaitable when the stream's own ``close`` is (openai's
+        ``AsyncStream``)."""
+        try:
+            pending = self._stream.close()
+        except BaseException:
+            self._meter.finish()
+            raise
+        if inspect.isawaitable(pending):
+            return self._finish_after(pending)
+        self._meter.finish()
+        return None
+
+    async def aclose(self) -> None:
+        closer = getattr(self._stream, "aclose", None) or self._stream.close
+        await self._finish_after(closer())
+
+    async def _finish_after(self, pending: Any) -> None:
+        try:
+            if inspect.isawaitable(pending):
+                await pending
+        finally:
+            self._meter.finish()
+
+    def __enter__(self) -> MeteredStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> MeteredStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if not self._meter.done:
+            with contextlib.suppress(Exception):  # never raise from the garbage collector
+                self._meter.finish()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 _outer: ContextVar[bool] = ContextVar("iron_outer_governed", default=False)

@@ -24,7 +24,6 @@ through. Calls an outer integration governs (``is_outer_governed()``) pass throu
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import sys
@@ -35,7 +34,7 @@ from typing import Any
 import litellm
 
 from iron_sdk.call import LlmCall, Usage, field_of, usage_from_openai
-from iron_sdk.guard import StreamMeter, is_outer_governed, outer_governed
+from iron_sdk.guard import MeteredStream, StreamMeter, is_outer_governed, outer_governed
 from iron_sdk.session import Session, active_session
 from iron_sdk.tokens import count_text
 
@@ -229,75 +228,3 @@ def _wrap_async(original: Callable[..., Any]) -> Callable[..., Any]:
         return _finish(call, result)
     acompletion.__iron_governed__ = True  # type: ignore[attr-defined]
     return acompletion
-
-
-class MeteredStream:
-    """litellm's ``CustomStreamWrapper``, metered: settles once when exhausted, closed,
-    failed or dropped (an abandoned stream pays for what was generated)."""
-
-    def __init__(self, stream: Any, meter: StreamMeter, hide_usage: bool) -> None:
-        self._stream, self._meter, self._hide = stream, meter, hide_usage
-
-    def __iter__(self) -> MeteredStream:
-        return self
-
-    def __next__(self) -> Any:
-        while True:
-            try:
-                chunk = next(self._stream)
-            except StopIteration:
-                self._meter.finish()
-                raise
-            except BaseException as exc:
-                self._meter.fail(exc)
-                raise
-            if self._meter.observe(chunk) or not self._hide:
-                return chunk
-
-    def __aiter__(self) -> MeteredStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        while True:
-            try:
-                chunk = await self._stream.__anext__()
-            except StopAsyncIteration:
-                self._meter.finish()
-                raise
-            except BaseException as exc:
-                self._meter.fail(exc)
-                raise
-            if self._meter.observe(chunk) or not self._hide:
-                return chunk
-
-    def close(self) -> None:
-        try:
-            self._stream.close()
-        finally:
-            self._meter.finish()
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            self._meter.finish()
-
-    def __enter__(self) -> MeteredStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> MeteredStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        if not self._meter.done:
-            with contextlib.suppress(Exception):  # never raise from the garbage collector
-                self._meter.finish()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from iron_sdk.call import LlmCall, Usage, field_of, usage_from_openai
-from iron_sdk.guard import StreamMeter, is_outer_governed
+from iron_sdk.guard import MeteredStream, StreamMeter, is_outer_governed
 from iron_sdk.session import active_session
 from iron_sdk.tokens import count_text
 
-Observe = Callable[[StreamMeter, Any], bool]  # meters one chunk; False hides it
 _lock = threading.Lock()
 _originals: dict[tuple[type, str], Callable[..., Any]] = {}
 
@@ -157,8 +156,8 @@ def _wrap_sync(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
             call.session.runtime.fail_call(call, exc)
             raise
         if call.stream:
-            return GovernedStream(result, StreamMeter(call), call.metadata["hide_usage"],
-                                  call.metadata.get("observe"))
+            return MeteredStream(result, StreamMeter(call), call.metadata["hide_usage"],
+                                 call.metadata.get("observe"))
         _settle(call, result)
         return result
     return governed
@@ -176,102 +175,8 @@ def _wrap_async(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
             call.session.runtime.fail_call(call, exc)
             raise
         if call.stream:
-            return AsyncGovernedStream(result, StreamMeter(call), call.metadata["hide_usage"],
-                                       call.metadata.get("observe"))
+            return MeteredStream(result, StreamMeter(call), call.metadata["hide_usage"],
+                                 call.metadata.get("observe"))
         _settle(call, result)
         return result
     return governed
-
-
-class GovernedStream:
-    """The user's ``Stream``, metered; settles when exhausted, closed or dropped."""
-
-    def __init__(self, stream: Any, meter: StreamMeter, hide_usage: bool,
-                 observe: Observe | None = None) -> None:
-        self._stream, self._meter, self._hide = stream, meter, hide_usage
-        self._observe: Observe = observe or StreamMeter.observe
-        self._iterator = self._iterate()
-
-    def _iterate(self) -> Iterator[Any]:
-        try:
-            for chunk in self._stream:
-                if self._observe(self._meter, chunk) or not self._hide:
-                    yield chunk
-        except GeneratorExit:
-            self._meter.finish()  # abandoned: charged for what was generated
-            raise
-        except BaseException as exc:
-            self._meter.fail(exc)
-            raise
-        self._meter.finish()
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._iterator
-
-    def __next__(self) -> Any:
-        return next(self._iterator)
-
-    def close(self) -> None:
-        self._iterator.close()
-        self._stream.close()
-        self._meter.finish()
-
-    def __enter__(self) -> GovernedStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not self._meter.done:
-            self._meter.finish()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class AsyncGovernedStream:
-    """The user's ``AsyncStream``, metered like :class:`GovernedStream`."""
-
-    def __init__(self, stream: Any, meter: StreamMeter, hide_usage: bool,
-                 observe: Observe | None = None) -> None:
-        self._stream, self._meter, self._hide = stream, meter, hide_usage
-        self._observe: Observe = observe or StreamMeter.observe
-        self._iterator = self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        try:
-            async for chunk in self._stream:
-                if self._observe(self._meter, chunk) or not self._hide:
-                    yield chunk
-        except GeneratorExit:
-            self._meter.finish()
-            raise
-        except BaseException as exc:
-            self._meter.fail(exc)
-            raise
-        self._meter.finish()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterator
-
-    async def __anext__(self) -> Any:
-        return await self._iterator.__anext__()
-
-    async def close(self) -> None:
-        await self._iterator.aclose()
-        await self._stream.close()
-        self._meter.finish()
-
-    async def __aenter__(self) -> AsyncGovernedStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def __del__(self) -> None:
-        if not self._meter.done:
-            self._meter.finish()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
