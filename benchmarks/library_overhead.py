@@ -82,14 +82,16 @@ def bench_governance() -> dict[str, float]:
     from iron_sdk.runtime import get_runtime
 
     runtime = get_runtime()
+    from iron_sdk.request import LlmRequest
+
     session = runtime.open_session("bench-governance")
     messages = [{"role": "user", "content": "Summarise the plan in one line."}]
     usage = Usage(input_tokens=20, output_tokens=12)
     samples = []
     for i in range(ROUNDS + 200):
         t = time.perf_counter()
-        call = runtime.begin_call(session, model="gpt-4o-mini", messages=messages,
-                                  max_tokens=32)
+        call = runtime.begin_call(session, LlmRequest.chat("gpt-4o-mini", messages,
+                                                            max_tokens=32))
         runtime.settle_call(call, usage)
         if i >= 200:
             samples.append(time.perf_counter() - t)
@@ -98,8 +100,8 @@ def bench_governance() -> dict[str, float]:
     lim_samples = []
     for i in range(ROUNDS + 200):
         t = time.perf_counter()
-        call = runtime.begin_call(limited, model="gpt-4o-mini", messages=messages,
-                                  max_tokens=32)
+        call = runtime.begin_call(limited, LlmRequest.chat("gpt-4o-mini", messages,
+                                                            max_tokens=32))
         runtime.settle_call(call, usage)
         if i >= 200:
             lim_samples.append(time.perf_counter() - t)

@@ -122,6 +122,7 @@ def bench_handler() -> dict[str, float]:
     from langchain_openai import ChatOpenAI, OpenAI
 
     from iron_sdk.call import Usage
+    from iron_sdk.request import read_request
     from iron_sdk.runtime import get_runtime
     from iron_sdk.session import _current
 
@@ -149,8 +150,8 @@ def bench_handler() -> dict[str, float]:
         _HANDLER.on_llm_end(llm_result, run_id=run_id)
 
     def runtime_only() -> None:
-        call = runtime.begin_call(session, model="gpt-3.5-turbo-instruct", max_tokens=32,
-                                  messages=[{"role": "user", "content": PROMPT}])
+        call = runtime.begin_call(session, read_request("completion", {
+            "model": "gpt-3.5-turbo-instruct", "prompt": PROMPT, "max_tokens": 32}))
         runtime.settle_call(call, Usage(input_tokens=8, output_tokens=12))
 
     token = _current.set(session)

@@ -76,7 +76,7 @@ def plugin_work(litellm: object, options: dict) -> dict[str, float]:
     """The wrapper's work around one call, without the call: begin → settle."""
     from iron_litellm import sdk
 
-    from iron_sdk.guard import StreamMeter
+    from iron_sdk.integration import MeteredStream
     from iron_sdk.runtime import get_runtime
 
     reply = litellm.completion(**options)  # type: ignore[attr-defined]
@@ -87,12 +87,12 @@ def plugin_work(litellm: object, options: dict) -> dict[str, float]:
     samples, stream_samples = [], []
     for i in range(ROUNDS * 5 + 200):
         t = time.perf_counter()
-        call = sdk._begin(session, dict(options))
-        sdk._finish(call, reply)
+        meter = sdk._begin(session, dict(options))
+        sdk._finish(meter, reply)
         if i >= 200:
             samples.append(time.perf_counter() - t)
-        call = sdk._begin(session, {**options, "stream": True})
-        stream = sdk.MeteredStream(iter(chunks), StreamMeter(call), hide_usage=True)
+        meter = sdk._begin(session, {**options, "stream": True})
+        stream = MeteredStream(iter(chunks), meter)
         t = time.perf_counter()
         for _ in stream:
             pass

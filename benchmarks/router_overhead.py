@@ -128,6 +128,7 @@ def sdk_round_trip(router: str, token: str) -> dict[str, Any]:
     try:
         from iron_sdk.call import Usage
         from iron_sdk.remote import RemoteRuntime
+        from iron_sdk.request import LlmRequest
     except ImportError as exc:
         return {"skipped": f"iron_sdk.remote not available ({exc})"}
     remote = RemoteRuntime(router)
@@ -136,8 +137,8 @@ def sdk_round_trip(router: str, token: str) -> dict[str, Any]:
     times = []
     for i in range(PAIRS + 200):
         t = time.perf_counter()
-        call = remote.begin_call(session, model="gpt-4o-mini", messages=BODY["messages"],
-                                 max_tokens=32)
+        call = remote.begin_call(session, LlmRequest.chat("gpt-4o-mini", BODY["messages"],
+                                                          max_tokens=32))
         remote.settle_call(call, usage)
         if i >= 200:  # the first ones warm up
             times.append(time.perf_counter() - t)

@@ -73,6 +73,7 @@ class RouterSettings:
     """The router's own settings (top-level ``iron:`` keys that are not RuntimeConfig's)."""
 
     require_token: bool = True  # False: requests without a token run as default_agent
+    anonymous_sessions: bool = False  # True: runtime-API sessions without an IC token
     default_agent: str = "anonymous"
     max_body_mb: float = 10.0
     upstream_timeout_s: float = 600.0

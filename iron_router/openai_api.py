@@ -23,23 +23,21 @@ from starlette.routing import Route as HttpRoute
 
 from iron_router.config import Route, RouterConfig
 from iron_router.errors import error_response
-from iron_router.upstream import (
-    Upstream,
-    UpstreamError,
-    UpstreamUnreachable,
-    litellm_error,
-    relay_litellm,
-    relay_sse,
-)
-from iron_sdk.call import LlmCall, Usage, usage_from_openai
+from iron_router.sse import relay_litellm, relay_sse
+from iron_router.upstream import Upstream, UpstreamError, UpstreamUnreachable, litellm_error
+from iron_sdk.call import LlmCall
 from iron_sdk.errors import (
     InvalidRequestError,
     InvalidTokenError,
     IronCageError,
     ModelNotFoundError,
+    PayloadTooLargeError,
     RuntimeUnavailableError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
 )
-from iron_sdk.guard import StreamMeter
+from iron_sdk.meter import Meter, ask_for_usage, settle_reserved
+from iron_sdk.request import read_request
 from iron_sdk.runtime import Runtime
 from iron_sdk.session import Session
 
@@ -48,24 +46,6 @@ if TYPE_CHECKING:
 
 JSON = "application/json"
 _PASSTHROUGH_MAX = 1024  # cached pass-through routes (model names are client-chosen)
-
-
-class PayloadTooLargeError(InvalidRequestError):
-    status = 413
-    code = "payload_too_large"
-
-
-class UpstreamUnreachableError(IronCageError):
-    """The provider could not be reached (or dropped the connection)."""
-
-    status = 502
-    code = "upstream_unreachable"
-    type = "upstream_error"
-
-
-class UpstreamTimeoutError(UpstreamUnreachableError):
-    status = 504
-    code = "upstream_timeout"
 
 
 class RouterState:
@@ -147,69 +127,6 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _model(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("'model' is required and must be a non-empty string.")
-    return model
-
-
-def _positive_int(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidRequestError(f"'{name}' must be a positive integer.")
-    return value
-
-
-def _chat_fields(body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool, int | None]:
-    """Validate a chat request: (messages, stream, max output tokens to reserve)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequestError("'messages' is required and must be a non-empty list of "
-                                  "message objects.")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise InvalidRequestError(f"messages[{i}] must be an object with a 'role' string.")
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequestError("'stream' must be true or false.")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequestError("'stream_options' must be an object.")
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise InvalidRequestError("'tools' must be a list.")
-    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
-    n = _positive_int(body, "n")
-    if max_tokens and n and n > 1:
-        max_tokens *= n  # n choices may each use max_tokens
-    return messages, bool(stream), max_tokens
-
-
-def _embedding_inputs(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int]]:
-    """Embedding inputs as messages for the policies, and which of them are text."""
-    inputs = body.get("input")
-    items = inputs if isinstance(inputs, list) else [inputs]
-    if inputs is None or inputs == [] or inputs == "":
-        raise InvalidRequestError("'input' is required: a string, a list of strings, or "
-                                  "token arrays.")
-    if inputs and all(isinstance(x, int) and not isinstance(x, bool) for x in items):
-        items = [items]  # one token array
-    messages, text_at = [], []
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            messages.append({"role": "user", "content": item})
-            text_at.append(i)
-        elif isinstance(item, list) and all(isinstance(t, int) for t in item):
-            # Token arrays carry no text to scan; " 0" per token reserves about their size.
-            messages.append({"role": "user", "content": " 0" * len(item)})
-        else:
-            raise InvalidRequestError(f"input[{i}] must be a string or a list of token ids.")
-    return messages, text_at
-
-
 class Exchange:
     """One governed request: settles or fails its call and closes its session once."""
 
@@ -220,7 +137,7 @@ class Exchange:
         self.runtime, self.session, self.call, self.info = runtime, session, call, info
         self.closed = False
 
-    def finish(self, meter: StreamMeter) -> None:
+    def finish(self, meter: Meter) -> None:
         meter.finish()
         self.close(None)
 
@@ -244,7 +161,7 @@ def _info(request: Request) -> dict[str, Any]:
     return info
 
 
-Handler = Callable[[RouterState, Exchange, Route, dict[str, Any], bytes], Awaitable[Response]]
+Handler = Callable[[RouterState, Exchange, Route, bytes], Awaitable[Response]]
 
 
 async def _governed(request: Request, kind: str, handler: Handler) -> Response:
@@ -259,21 +176,11 @@ async def _governed(request: Request, kind: str, handler: Handler) -> Response:
     info["agent"] = session.agent_id
     runtime = st.runtime
     try:
-        body = parse_json(raw)
-        route = st.route(_model(body))
+        request_model = read_request(kind, parse_json(raw), owned=True)
+        route = st.route(request_model.model)
         info["model"] = route.model
-        if kind == "chat":
-            messages, stream, max_tokens = _chat_fields(body)
-            tools = body.get("tools")
-            call = runtime.begin_call(
-                session, model=route.model, messages=messages, max_tokens=max_tokens,
-                stream=stream, source="router", provider=route.provider,
-                metadata={"tools": tools} if tools else None)
-        else:
-            messages, _ = _embedding_inputs(body)
-            call = runtime.begin_call(session, model=route.model, messages=messages,
-                                      kind="embedding", source="router",
-                                      provider=route.provider)
+        call = runtime.begin_call(session, request_model, model=route.model,
+                                  source="router", provider=route.provider)
     except BaseException as exc:
         runtime.close_session(session, exc)
         if isinstance(exc, IronCageError):
@@ -281,7 +188,7 @@ async def _governed(request: Request, kind: str, handler: Handler) -> Response:
         raise
     ex = Exchange(runtime, session, call, info)
     try:
-        return await handler(st, ex, route, body, raw)
+        return await handler(st, ex, route, raw)
     except BaseException as exc:  # a bug or cancellation: never keep the reservation
         ex.fail(exc)
         raise
@@ -320,37 +227,28 @@ async def chat_completions(request: Request) -> Response:
     return await _governed(request, "chat", _chat)
 
 
-async def _chat(st: RouterState, ex: Exchange, route: Route, body: dict[str, Any],
-                raw: bytes) -> Response:
+async def _chat(st: RouterState, ex: Exchange, route: Route, raw: bytes) -> Response:
     call = ex.call
-    options = body.get("stream_options") or {}
-    hide_usage = call.stream and not options.get("include_usage")
+    request = call.request
+    meter = Meter(call, hide_usage=ask_for_usage(request))
     if route.translate:
-        return await _litellm_chat(st, ex, route, body, hide_usage)
-    changed = False
-    if call.redacted:
-        body["messages"] = call.messages
-        changed = True
-    if body["model"] != route.upstream_model:
-        body["model"] = route.upstream_model
-        changed = True
-    if hide_usage:  # the router always needs the usage; the client did not ask to see it
-        body["stream_options"] = {**options, "include_usage": True}
-        changed = True
-    data = json.dumps(body, ensure_ascii=False).encode() if changed else raw
-    upstream = st.upstream
+        return await _litellm_chat(st, ex, route, meter)
+    if request.body["model"] != route.upstream_model:
+        request.set_field("model", route.upstream_model)
+    # The client's bytes as they came, unless a policy (or the route) changed the request.
+    data = json.dumps(request.body, ensure_ascii=False).encode() if request.changed else raw
     try:
-        response = await upstream.send(route.chat_url, data, route.api_key, stream=call.stream)
+        response = await st.upstream.send(route.chat_url, data, route.api_key,
+                                          stream=call.stream)
     except UpstreamUnreachable as exc:
         return _unreachable(ex, route, exc)
     if not call.stream or response.status_code >= 300:
-        return _plain(st, ex, response)
-    meter = StreamMeter(call)
-    return _sse(ex, meter, relay_sse(response, meter, hide_usage), response.aclose)
+        return _plain(st, ex, meter, response)
+    return _sse(ex, meter, relay_sse(response, meter), response.aclose)
 
 
-def _plain(st: RouterState, ex: Exchange, response: httpx.Response) -> Response:
-    """Pass a complete upstream answer through; settle with its usage or release."""
+def _plain(st: RouterState, ex: Exchange, meter: Meter, response: httpx.Response) -> Response:
+    """Pass a complete upstream answer through; settle with it, or release."""
     content = response.content
     media_type = response.headers.get("content-type", JSON)
     if response.status_code >= 300:
@@ -358,40 +256,25 @@ def _plain(st: RouterState, ex: Exchange, response: httpx.Response) -> Response:
                               f"upstream answered {response.status_code}"))
         return Response(st.upstream.scrub(content), status_code=response.status_code,
                         media_type=media_type)
-    meter = StreamMeter(ex.call)
     try:
         obj = json.loads(content)
     except ValueError:
         obj = None
     if isinstance(obj, dict):
-        _meter_result(obj, meter)
+        meter.settle(obj)
     else:  # an answer we cannot read: charge what was reserved rather than $0
-        call = ex.call
-        meter.usage = Usage(input_tokens=call.input_tokens_est,
-                            output_tokens=call.max_output_tokens, counted=True)
-    ex.finish(meter)
+        settle_reserved(ex.call)
+    ex.close(None)
     return Response(content, status_code=response.status_code, media_type=media_type)
 
 
-def _meter_result(obj: dict[str, Any], meter: StreamMeter) -> None:
-    """Usage of a complete chat/embedding answer; its text when it reports none."""
-    usage = obj.get("usage")
-    if usage:
-        meter.usage = usage_from_openai(usage)
-        return
-    for choice in obj.get("choices") or ():
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            meter.parts.append(message["content"])
-
-
-def _sse(ex: Exchange, meter: StreamMeter, chunks: AsyncIterator[bytes],
+def _sse(ex: Exchange, meter: Meter, chunks: AsyncIterator[bytes],
          close: Callable[[], Awaitable[None]] | None) -> StreamingResponse:
     return StreamingResponse(_settled(ex, meter, chunks, close), media_type="text/event-stream",
                              headers={"cache-control": "no-cache"})
 
 
-async def _settled(ex: Exchange, meter: StreamMeter, chunks: AsyncIterator[bytes],
+async def _settled(ex: Exchange, meter: Meter, chunks: AsyncIterator[bytes],
                    close: Callable[[], Awaitable[None]] | None) -> AsyncIterator[bytes]:
     """Relay ``chunks``; settle when the stream ends, however it ends. A client that
     leaves mid-stream (cancellation) pays for what was generated up to then."""
@@ -430,11 +313,12 @@ def _unreachable(ex: Exchange, route: Route, exc: UpstreamUnreachable) -> Respon
         f"({exc.cause}); the reservation was released."))
 
 
-async def _litellm_chat(st: RouterState, ex: Exchange, route: Route, body: dict[str, Any],
-                        hide_usage: bool) -> Response:
+async def _litellm_chat(st: RouterState, ex: Exchange, route: Route,
+                        meter: Meter) -> Response:
     call = ex.call
     try:
-        result = await st.upstream.litellm_chat(route, body, call.messages, call.stream)
+        result = await st.upstream.litellm_chat(route, call.request.body, call.messages,
+                                                call.stream)
     except ImportError as exc:
         ex.fail(exc)
         return error_response(RuntimeUnavailableError(
@@ -442,13 +326,11 @@ async def _litellm_chat(st: RouterState, ex: Exchange, route: Route, body: dict[
             "request, and it is not installed: pip install 'iron-sdk[litellm]'."))
     except Exception as exc:
         return _litellm_failed(st, ex, route, exc)
-    meter = StreamMeter(call)
     if call.stream:
-        return _sse(ex, meter, relay_litellm(result, meter, hide_usage),
-                    getattr(result, "aclose", None))
+        return _sse(ex, meter, relay_litellm(result, meter), getattr(result, "aclose", None))
     obj = result.model_dump(exclude_none=True)
-    _meter_result(obj, meter)
-    ex.finish(meter)
+    meter.settle(obj)
+    ex.close(None)
     return Response(json.dumps(obj).encode(), media_type=JSON)
 
 
@@ -488,37 +370,27 @@ async def embeddings(request: Request) -> Response:
     return await _governed(request, "embedding", _embed)
 
 
-async def _embed(st: RouterState, ex: Exchange, route: Route, body: dict[str, Any],
-                 raw: bytes) -> Response:
-    call = ex.call
-    inputs = body["input"]
-    if call.redacted:
-        _, text_at = _embedding_inputs(body)
-        if isinstance(inputs, str):
-            inputs = call.messages[0]["content"]
-        else:
-            inputs = list(inputs)
-            for i in text_at:
-                inputs[i] = call.messages[i]["content"]
+async def _embed(st: RouterState, ex: Exchange, route: Route, raw: bytes) -> Response:
+    request = ex.call.request
+    meter = Meter(ex.call)
     if route.translate:
         try:
-            result = await st.upstream.litellm_embedding(route, body, inputs)
+            result = await st.upstream.litellm_embedding(route, request.body,
+                                                         request.body["input"])
         except Exception as exc:
             return _litellm_failed(st, ex, route, exc)
         obj = result.model_dump(exclude_none=True)
-        meter = StreamMeter(call)
-        _meter_result(obj, meter)
-        ex.finish(meter)
+        meter.settle(obj)
+        ex.close(None)
         return Response(json.dumps(obj).encode(), media_type=JSON)
-    changed = call.redacted or body["model"] != route.upstream_model
-    if changed:
-        body["input"], body["model"] = inputs, route.upstream_model
-    data = json.dumps(body, ensure_ascii=False).encode() if changed else raw
+    if request.body["model"] != route.upstream_model:
+        request.set_field("model", route.upstream_model)
+    data = json.dumps(request.body, ensure_ascii=False).encode() if request.changed else raw
     try:
         response = await st.upstream.send(route.embeddings_url, data, route.api_key)
     except UpstreamUnreachable as exc:
         return _unreachable(ex, route, exc)
-    return _plain(st, ex, response)
+    return _plain(st, ex, meter, response)
 
 
 # -- models -----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ request still goes straight from the agent to its provider. Every decision (rese
 redact, block) and every charge happens here, in the router's runtime, so spend lands
 in the router's ledger and audit log.
 
-    POST   /v1/runtime/sessions                  open (IC token as ``Authorization: Bearer``)
+    POST   /v1/runtime/sessions                  open
     DELETE /v1/runtime/sessions/{id}             close (body ``{"error": "TypeName"}`` optional)
     POST   /v1/runtime/calls                     begin_call: request policies, reservation
     POST   /v1/runtime/calls/{id}/settle         settle_call with the provider's usage
@@ -16,6 +16,15 @@ in the router's ledger and audit log.
     POST   /v1/runtime/events                    an SDK-side event into ``runtime.emit``
     POST   /v1/runtime/flush                     wait for write-behind settlements and audit
     GET    /v1/runtime/prices/{model}            the price the runtime charges for a model
+
+Every request carries the agent's IC token (``Authorization: Bearer``); without one it
+is a 401, unless the operator's router config says ``iron: {anonymous_sessions: true}``.
+A session, and every call and tool call in it, belongs to the token that opened it:
+with another token an id is a 404, like an unknown one (:mod:`iron_router.
+runtime_registry`). What a client asks for may only tighten the operator's policy
+(:meth:`BudgetConfig.tightened` and its peers); budget scopes come from the token and
+the operator only. Usage reports are checked (non-negative integers within what the
+model can bill) before anything is charged.
 
 Bodies are parsed with ``json.loads`` and checked by hand (these are on every LLM call);
 configs, once per session, go through the pydantic models. Errors use the OpenAI error
@@ -33,7 +42,6 @@ import dataclasses
 import functools
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,132 +51,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from iron_router.errors import error_response, invalid
-from iron_sdk.call import LlmCall, ToolCall, Usage
-from iron_sdk.errors import IronCageError, RuntimeUnavailableError
-from iron_sdk.runtime import Runtime
-from iron_sdk.session import Session
+from iron_router.runtime_registry import Entry, NotFound, owner_of, registry
+from iron_sdk.call import LlmCall, Usage
+from iron_sdk.errors import InvalidTokenError, IronCageError
+from iron_sdk.request import read_request
+from iron_sdk.runtime import collect_events
 
 log = logging.getLogger("iron_router.runtime_api")
-
-IDLE_S = 3600.0  # sessions untouched this long are dropped (override: app.state)
-SWEEP_EVERY_S = 60.0
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens",
                  "cache_creation_tokens", "reasoning_tokens")
+MAX_TOKENS_PER_CALL = 10_000_000  # no model bills more tokens in one call
 
 
 class _BadRequest(Exception):
     """A client mistake found while reading a body: answered 400 ``invalid_request``."""
-
-
-class _NotFound(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclasses.dataclass(slots=True, eq=False)
-class _Entry:
-    """A session the router holds for a remote SDK, with its calls still in flight."""
-
-    session: Session
-    last: float
-    seq: int = 0  # bumped on every change, so the SDK applies states in order
-    calls: dict[str, LlmCall] = dataclasses.field(default_factory=dict)
-    tools: dict[str, ToolCall] = dataclasses.field(default_factory=dict)
-
-
-class Registry:
-    """Open sessions and in-flight calls of one app. Used only from the event loop
-    thread (every handler is ``async``), so plain dicts suffice.
-
-    A closed session's calls still in flight stay settle-able (an abandoned stream is
-    settled when the SDK drops it, possibly after the session returned) until they are
-    idle for ``idle_s``; then, like an idle open session's, they are released.
-    """
-
-    def __init__(self, runtime: Runtime, idle_s: float = IDLE_S) -> None:
-        self.runtime = runtime
-        self.idle_s = idle_s
-        self.sessions: dict[str, _Entry] = {}
-        self.lingering: dict[str, _Entry] = {}  # closed, with calls in flight
-        self.calls: dict[str, tuple[_Entry, LlmCall]] = {}
-        self.tools: dict[str, tuple[_Entry, ToolCall]] = {}
-        self._swept = time.monotonic()
-
-    def add(self, session: Session) -> _Entry:
-        now = time.monotonic()
-        if now - self._swept >= min(SWEEP_EVERY_S, self.idle_s):
-            self.sweep(now)
-        entry = self.sessions[session.session_id] = _Entry(session, now)
-        return entry
-
-    def session(self, session_id: Any) -> _Entry:
-        entry = self.sessions.get(session_id) if isinstance(session_id, str) else None
-        if entry is None:
-            raise _NotFound("session_not_found", (
-                f"No open session '{session_id}' in this runtime: it was closed, idle for "
-                f"over {self.idle_s:.0f}s, or the router restarted."))
-        entry.last = time.monotonic()
-        return entry
-
-    def call(self, call_id: str) -> tuple[_Entry, LlmCall]:
-        found = self.calls.get(call_id)
-        if found is None:
-            raise _NotFound("call_not_found", (
-                f"No call '{call_id}' in flight: it was settled or failed already, or it "
-                f"was idle for over {self.idle_s:.0f}s."))
-        found[0].last = time.monotonic()
-        return found
-
-    def done(self, entry: _Entry, call: LlmCall) -> None:
-        """``call`` was settled or failed: forget it."""
-        del self.calls[call.call_id], entry.calls[call.call_id]
-        if not entry.calls and entry.session.session_id in self.lingering:
-            del self.lingering[entry.session.session_id]
-
-    def tool(self, tool_id: str) -> tuple[_Entry, ToolCall]:
-        found = self.tools.get(tool_id)
-        if found is None:
-            raise _NotFound("tool_call_not_found", f"No tool call '{tool_id}' in flight.")
-        del self.tools[tool_id], found[0].tools[tool_id]
-        return found
-
-    def close(self, entry: _Entry, error: BaseException | None) -> None:
-        sid = entry.session.session_id
-        if self.sessions.pop(sid, None) is None:
-            return
-        for tool_id in entry.tools:
-            self.tools.pop(tool_id, None)
-        entry.tools.clear()
-        if entry.calls:
-            self.lingering[sid] = entry
-        self.runtime.close_session(entry.session, error)
-
-    def sweep(self, now: float) -> None:
-        """Release what idle sessions (open or closed) still hold, and close them."""
-        self._swept = now
-        for entry in [e for e in (*self.sessions.values(), *self.lingering.values())
-                      if now - e.last >= self.idle_s]:
-            log.info("dropping session %s of agent %s: idle for %.0fs",
-                     entry.session.session_id, entry.session.agent_id, now - entry.last)
-            self.release(entry, RuntimeUnavailableError("session idle for too long"))
-
-    def release(self, entry: _Entry, error: IronCageError) -> None:
-        for call in list(entry.calls.values()):
-            self.runtime.fail_call(call, error)
-            self.done(entry, call)
-        self.close(entry, error)
-        self.lingering.pop(entry.session.session_id, None)
-
-
-def registry(request: Request) -> Registry:
-    """The app's registry, created on first use from ``app.state.runtime``."""
-    state = request.app.state
-    reg = getattr(state, "runtime_registry", None)
-    if reg is None:
-        reg = state.runtime_registry = Registry(
-            state.runtime, getattr(state, "runtime_session_idle_s", IDLE_S))
-    return reg
 
 
 # -- request reading --------------------------------------------------------------------
@@ -192,15 +88,7 @@ def _str(body: dict[str, Any], name: str, default: str | None = None) -> str:
     return value
 
 
-def _count(value: Any, name: str, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if type(value) is not int or value < 0:
-        raise _BadRequest(f"'{name}' must be a non-negative integer.")
-    return value
-
-
-def _state(entry: _Entry) -> dict[str, Any]:
+def _state(entry: Entry) -> dict[str, Any]:
     entry.seq += 1
     s = entry.session
     return {"seq": entry.seq, "spent_micro": s.spent_micro, "reserved_micro": s.reserved_micro,
@@ -241,7 +129,7 @@ def _remote_error(body: dict[str, Any]) -> BaseException | None:
     return error
 
 
-def _log(request: Request, entry: _Entry, model: Any, call: LlmCall | None = None) -> None:
+def _log(request: Request, entry: Entry, model: Any, call: LlmCall | None = None) -> None:
     """Agent, model and cost for the router's request log and metrics."""
     info = request.scope.get("iron.log")
     if info is not None:
@@ -250,11 +138,6 @@ def _log(request: Request, entry: _Entry, model: Any, call: LlmCall | None = Non
             info["model"] = model
         if call is not None and call.outcome != "pending":
             info["cost_micro"], info["outcome"] = call.cost_micro, call.outcome
-
-
-# Events the runtime records itself: an SDK may not forward them (no double counting).
-_RUNTIME_EVENTS = frozenset({"call_completed", "call_failed", "call_blocked", "pii_detected",
-                             "budget_threshold", "ledger_error", "tool_called"})
 
 
 def _configs(body: dict[str, Any]) -> dict[str, Any]:
@@ -297,7 +180,7 @@ def _endpoint(fn: Handler) -> Handler:
             return error_response(exc)
         except _BadRequest as exc:
             return invalid(str(exc))
-        except _NotFound as exc:
+        except NotFound as exc:
             return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error",
                                            "code": exc.code, "param": None}}, status_code=404)
         except Exception as exc:
@@ -307,40 +190,73 @@ def _endpoint(fn: Handler) -> Handler:
     return functools.wraps(fn)(handle)
 
 
+def _token(request: Request) -> str | None:
+    """The IC token of the request (``Authorization: Bearer``), or None."""
+    auth = request.headers.get("authorization")
+    if not auth:
+        return None
+    scheme, _, token = auth.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise InvalidTokenError("Authorization must be 'Bearer <IC token>'.")
+    return token
+
+
+def _owner(request: Request) -> bytes | None:
+    """Who asks: the digest of the request's IC token (checked against the session's
+    owner by the registry)."""
+    return owner_of(_token(request))
+
+
+def _count(value: Any, name: str, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if type(value) is not int or not 0 <= value <= MAX_TOKENS_PER_CALL:
+        raise _BadRequest(f"'{name}' must be an integer from 0 to {MAX_TOKENS_PER_CALL}.")
+    return value
+
+
 @_endpoint
 async def open_session(request: Request) -> Response:
-    """Open a session (the IC token, if any, names the agent).
+    """Open a session for the agent the IC token names.
     ---
-    summary: Open a session (the IC token, if any, names the agent).
+    summary: Open a session for the agent the IC token names.
     tags: [runtime]
+    security: [{bearerAuth: []}]
     responses:
       200: {description: "{session_id, agent_id, budget_usd, scopes, configs, session}"}
-      400: {description: "OpenAI-shaped error (400, 401)"}
+      400: {description: "OpenAI-shaped error (400, 401, 403 policy_violation)"}
     """
     body = await _body(request, optional=True)
-    auth = request.headers.get("authorization")
-    token = None
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise _BadRequest("Authorization must be 'Bearer <IC token>'.")
-        token = token.strip()
-    agent_id = body.get("agent_id")
-    if agent_id is not None and (not isinstance(agent_id, str) or not agent_id):
-        raise _BadRequest("'agent_id' must be a non-empty string.")
-    budget_usd = body.get("budget_usd")
-    if budget_usd is not None and (type(budget_usd) not in (int, float) or budget_usd <= 0):
-        raise _BadRequest("'budget_usd' must be a positive number.")
+    token = _token(request)
     reg = registry(request)
+    config = getattr(request.app.state, "config", None)
+    if token is None and not (config is not None and config.settings.anonymous_sessions):
+        raise InvalidTokenError(
+            "Missing IC token: the runtime API needs 'Authorization: Bearer <IC token>'. "
+            "Pass ic_token=... to @protect_agent (or set IC_TOKEN); issue one with "
+            "`iron-runtime token issue --agent NAME`.")
+    agent_id = body.get("agent_id")
+    if agent_id is not None and (not isinstance(agent_id, str) or not agent_id
+                                 or len(agent_id) > 200 or not agent_id.isprintable()):
+        raise _BadRequest("'agent_id' must be a non-empty printable string.")
+    budget_usd = body.get("budget_usd")
+    if budget_usd is not None and (type(budget_usd) not in (int, float)
+                                   or not 0 < budget_usd < 1e12):
+        raise _BadRequest("'budget_usd' must be a positive number.")
     session = reg.runtime.open_session(agent_id, ic_token=token, budget_usd=budget_usd,
                                        **_configs(body))
-    entry = reg.add(session)
+    entry = reg.add(session, owner_of(token))
     return JSONResponse({
         "session_id": session.session_id, "agent_id": session.agent_id,
         "budget_usd": session.budget_usd, "cap_micro": session.cap_micro,
-        "scopes": list(session.scopes), "claims": session.claims,
+        "scopes": list(session.scopes), "claims": _jsonable_claims(session.claims),
         "budget": _dump(session.budget), "safety": _dump(session.safety),
         "reliability": _dump(session.reliability), "session": _state(entry)})
+
+
+def _jsonable_claims(claims: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in claims.items()}
 
 
 @_endpoint
@@ -349,13 +265,14 @@ async def close_session(request: Request) -> Response:
     ---
     summary: Close a session; its calls in flight can still be settled.
     tags: [runtime]
+    security: [{bearerAuth: []}]
     responses:
       200: {description: "{closed, session}"}
       404: {description: "OpenAI-shaped error (404)"}
     """
     body = await _body(request, optional=True)
     reg = registry(request)
-    entry = reg.session(request.path_params["session_id"])
+    entry = reg.session(request.path_params["session_id"], _owner(request))
     reg.close(entry, _remote_error(body))
     return JSONResponse({"closed": True, "session": _state(entry)})
 
@@ -366,40 +283,72 @@ async def begin_call(request: Request) -> Response:
     ---
     summary: Run the request policies for a model call and reserve its budget.
     tags: [runtime]
+    security: [{bearerAuth: []}]
     responses:
       200:
-        description: "{call_id, redacted, messages (when redacted), findings,
-          reserved_micro, input_tokens_est, max_output_tokens, provider, session}"
+        description: "{call_id, redacted, edits (path, value) of the redactions,
+          findings, reserved_micro, input_tokens_est, max_output_tokens, provider,
+          session, events}"
       400: {description: "OpenAI-shaped error (400, 402, 403, 404, 429, 503)"}
     """
     body = await _body(request)
     reg = registry(request)
-    entry = reg.session(body.get("session_id"))
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise _BadRequest("'messages' must be a list of message objects.")
-    metadata = body.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise _BadRequest("'metadata' must be an object.")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _BadRequest("'stream' must be a boolean.")
-    _log(request, entry, body.get("model"))
-    call = reg.runtime.begin_call(
-        entry.session, model=body.get("model"), messages=messages,
-        max_tokens=_count(body.get("max_tokens"), "max_tokens", optional=True),
-        stream=stream, kind=_str(body, "kind", "chat"), source=_str(body, "source", "sdk"),
-        provider=_str(body, "provider", ""), metadata=metadata)
+    entry = reg.session(body.get("session_id"), _owner(request))
+    fields = body.get("request")
+    if not isinstance(fields, dict):
+        raise _BadRequest("'request' must be the object of the request's fields.")
+    can_redact = body.get("can_redact", True)
+    if not isinstance(can_redact, bool):
+        raise _BadRequest("'can_redact' must be a boolean.")
+    hint = body.get("redact_hint")
+    if hint is not None and not isinstance(hint, str):
+        raise _BadRequest("'redact_hint' must be a string.")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _BadRequest("'model' must be a string.")
+    llm_request = read_request(_str(body, "kind", "chat"), fields, owned=True)
+    _log(request, entry, model or llm_request.model)
+    with collect_events() as events:
+        call = reg.runtime.begin_call(
+            entry.session, llm_request, model=model, source=_str(body, "source", "sdk")[:64],
+            provider=_str(body, "provider", "")[:64], can_redact=can_redact,
+            redact_hint=hint[:500] if hint else None)
+    call.remote = True
     entry.calls[call.call_id] = call
     reg.calls[call.call_id] = (entry, call)
-    reply: dict[str, Any] = {
-        "call_id": call.call_id, "redacted": call.redacted, "findings": call.findings,
+    return JSONResponse({
+        "call_id": call.call_id, "redacted": call.redacted,
+        "edits": llm_request.edits, "findings": call.findings,
         "reserved_micro": call.reserved_micro, "input_tokens_est": call.input_tokens_est,
         "max_output_tokens": call.max_output_tokens, "provider": call.provider,
-        "session": _state(entry)}
-    if call.redacted:  # otherwise the SDK keeps its own messages
-        reply["messages"] = call.messages
-    return JSONResponse(reply)
+        "session": _state(entry), "events": events})
+
+
+def _usage(raw: Any, call: LlmCall) -> Usage:
+    """A usage report, checked: integers within what one call of the model can bill."""
+    if not isinstance(raw, dict):
+        raise _BadRequest("'usage' must be an object of token counts.")
+    counted = raw.get("counted", False)
+    if not isinstance(counted, bool):
+        raise _BadRequest("'usage.counted' must be a boolean.")
+    usage = Usage(*(_count(raw.get(f, 0), f"usage.{f}") for f in _USAGE_FIELDS),
+                  counted=counted)
+    limit = _billable(call)
+    if usage.input_tokens + usage.output_tokens > limit:
+        raise _BadRequest(f"'usage' reports more tokens than one call of {call.model} can "
+                          f"bill ({limit}).")
+    return usage
+
+
+def _billable(call: LlmCall) -> int:
+    """The most tokens one call can bill: the model's context window and maximum output
+    (or the reservation's assumption × a margin), else a sane ceiling."""
+    price = call.session.runtime.price(call.model)
+    window = getattr(price, "max_input_tokens", None) or 0
+    out = max(call.max_output_tokens, price.max_output_tokens or 0)
+    if window:
+        return window * call.request.choices + out
+    return max(MAX_TOKENS_PER_CALL // 5, 4 * (call.input_tokens_est + out))
 
 
 @_endpoint
@@ -408,26 +357,21 @@ async def settle_call(request: Request) -> Response:
     ---
     summary: Charge a call for the usage the provider reported.
     tags: [runtime]
+    security: [{bearerAuth: []}]
     responses:
-      200: {description: "{cost_micro, outcome, session}"}
+      200: {description: "{cost_micro, outcome, session, events}"}
       400: {description: "OpenAI-shaped error (400, 404)"}
     """
     body = await _body(request)
-    raw = body.get("usage")
-    if not isinstance(raw, dict):
-        raise _BadRequest("'usage' must be an object of token counts.")
-    counted = raw.get("counted", False)
-    if not isinstance(counted, bool):
-        raise _BadRequest("'usage.counted' must be a boolean.")
-    usage = Usage(*(_count(raw.get(f, 0), f"usage.{f}") for f in _USAGE_FIELDS),
-                  counted=counted)
     reg = registry(request)
-    entry, call = reg.call(request.path_params["call_id"])
-    reg.runtime.settle_call(call, usage)
+    entry, call = reg.call(request.path_params["call_id"], _owner(request))
+    usage = _usage(body.get("usage"), call)
+    with collect_events() as events:
+        reg.runtime.settle_call(call, usage)
     reg.done(entry, call)
     _log(request, entry, call.model, call)
     return JSONResponse({"cost_micro": call.cost_micro, "outcome": call.outcome,
-                         "session": _state(entry)})
+                         "session": _state(entry), "events": events})
 
 
 @_endpoint
@@ -436,18 +380,21 @@ async def fail_call(request: Request) -> Response:
     ---
     summary: The call failed after it was allowed; release its reservation.
     tags: [runtime]
+    security: [{bearerAuth: []}]
     responses:
-      200: {description: "{outcome, session}"}
+      200: {description: "{outcome, session, events}"}
       400: {description: "OpenAI-shaped error (400, 404)"}
     """
     body = await _body(request, optional=True)
     error = _remote_error(body) or RuntimeError("reported by the SDK")
     reg = registry(request)
-    entry, call = reg.call(request.path_params["call_id"])
-    reg.runtime.fail_call(call, error)
+    entry, call = reg.call(request.path_params["call_id"], _owner(request))
+    with collect_events() as events:
+        reg.runtime.fail_call(call, error)
     reg.done(entry, call)
     _log(request, entry, call.model, call)
-    return JSONResponse({"outcome": call.outcome, "session": _state(entry)})
+    return JSONResponse({"outcome": call.outcome, "session": _state(entry),
+                         "events": events})
 
 
 @_endpoint
@@ -456,16 +403,19 @@ async def begin_tool(request: Request) -> Response:
     ---
     summary: A tool is about to run (audited; a plugin may refuse it).
     tags: [runtime]
+    security: [{bearerAuth: []}]
     responses:
       200: {description: "{tool_id}"}
       400: {description: "OpenAI-shaped error (400, 404)"}
     """
     body = await _body(request)
     reg = registry(request)
-    entry = reg.session(body.get("session_id"))
+    entry = reg.session(body.get("session_id"), _owner(request))
     name = _str(body, "name")
+    if not name or len(name) > 200:
+        raise _BadRequest("'name' must be a tool name of 1 to 200 characters.")
     tool = reg.runtime.begin_tool(entry.session, name, body.get("arguments"),
-                                  source=_str(body, "source", "sdk"))
+                                  source=_str(body, "source", "sdk")[:64])
     entry.tools[tool.call_id] = tool
     reg.tools[tool.call_id] = (entry, tool)
     return JSONResponse({"tool_id": tool.call_id})
@@ -477,6 +427,7 @@ async def end_tool(request: Request) -> Response:
     ---
     summary: "A tool finished (body: result, or error type name)."
     tags: [runtime]
+    security: [{bearerAuth: []}]
     responses:
       200: {description: "{ended}"}
       400: {description: "OpenAI-shaped error (400, 404)"}
@@ -484,28 +435,55 @@ async def end_tool(request: Request) -> Response:
     body = await _body(request, optional=True)
     error = _remote_error(body)
     reg = registry(request)
-    _, tool = reg.tool(request.path_params["tool_id"])
+    _, tool = reg.tool(request.path_params["tool_id"], _owner(request))
     reg.runtime.end_tool(tool, body.get("result"), error)
     return JSONResponse({"ended": True})
 
 
+# Events an SDK may report (what only the agent's process sees), with their fields:
+# name → type. Anything else is refused; nothing free-text is recorded.
+_CLIENT_EVENTS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "usage_missing": {"call_id": str, "model": str},
+    "proxy_request_ungoverned": {"call_type": str, "model": str},
+    "plugin_failed": {"plugin": str, "hook": str, "error": str, "call_id": str},
+}
+_MAX_EVENT_STR = 200
+
+
 @_endpoint
 async def emit(request: Request) -> Response:
-    """Record an event emitted by an SDK-side integration (e.g. usage_missing).
+    """Record an event an SDK-side integration saw (checked against the event schema).
     ---
-    summary: Record an event emitted by an SDK-side integration (e.g. usage_missing).
+    summary: Record an event an SDK-side integration saw (checked against the schema).
     tags: [runtime]
+    security: [{bearerAuth: []}]
     responses:
       200: {description: "{emitted}"}
-      400: {description: "OpenAI-shaped error (400)"}
+      400: {description: "OpenAI-shaped error (400, 404)"}
     """
     event = await _body(request)
     kind = event.get("type")
-    if not isinstance(kind, str) or not kind:
-        raise _BadRequest("An event needs a string 'type'.")
-    if kind in _RUNTIME_EVENTS:
-        raise _BadRequest(f"'{kind}' events are recorded by the runtime itself.")
-    registry(request).runtime.emit(event)
+    schema = _CLIENT_EVENTS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise _BadRequest(f"An SDK may report only these events: {sorted(_CLIENT_EVENTS)}.")
+    reg = registry(request)
+    entry = reg.session(event.get("session_id"), _owner(request))
+    out: dict[str, Any] = {}
+    for name, value in event.items():
+        if name in ("type", "session_id", "event_id", "ts"):
+            continue
+        expected = schema.get(name)
+        if expected is None:
+            continue  # unknown fields are dropped, never recorded
+        if not isinstance(value, expected) or (
+                isinstance(value, str) and (len(value) > _MAX_EVENT_STR
+                                            or not value.isprintable())):
+            raise _BadRequest(f"Event field '{name}' is not a short {expected}.")
+        out[name] = value
+    from iron_sdk.events import make_event
+
+    reg.runtime.emit(make_event(kind, source="client", session_id=entry.session.session_id,
+                                agent_id=entry.session.agent_id, **out))
     return JSONResponse({"emitted": True})
 
 

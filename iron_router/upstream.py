@@ -1,17 +1,15 @@
 """Talking to providers: a shared httpx pool for OpenAI-compatible upstreams (bytes in,
-bytes out), litellm — imported lazily — for providers that need translation, and the
-SSE relay that meters a stream while passing it on."""
+bytes out), and litellm — imported lazily — for providers that need translation.
+Transport only: metering is :mod:`iron_sdk.meter`'s, SSE framing :mod:`iron_router.sse`'s."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from iron_sdk.guard import StreamMeter, outer_governed
+from iron_sdk.guard import outer_governed
 
 if TYPE_CHECKING:
     import httpx
@@ -217,82 +215,3 @@ def litellm_error(exc: Exception) -> tuple[int, str]:
     if isinstance(status, int) and 400 <= status < 600:
         return status, "upstream_error"
     return 502, "upstream_error"
-
-
-# -- streams ----------------------------------------------------------------------------
-def meter_chunk(obj: dict[str, Any], meter: StreamMeter) -> bool:
-    """Record a stream chunk's text and usage on ``meter``; True when it carries usage."""
-    meter.observe(obj)
-    return bool(obj.get("usage"))
-
-
-def _event(event: bytes, meter: StreamMeter, hide_usage: bool) -> bytes | None:
-    """Meter one SSE event; return it, a copy without usage, or None to drop it."""
-    start = event.find(b"data:")
-    if start < 0:
-        return event
-    payload = event[start + 5:].strip()
-    if not payload.startswith(b"{"):
-        return event  # [DONE], comments
-    try:
-        obj = json.loads(payload)
-    except ValueError:
-        return event
-    if not isinstance(obj, dict) or not meter_chunk(obj, meter) or not hide_usage:
-        return event
-    # The router asked for usage on the client's behalf: the client must not see it.
-    if not obj.get("choices"):
-        return None
-    del obj["usage"]
-    return event[:start] + b"data: " + json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _scan(block: bytes, meter: StreamMeter, hide_usage: bool) -> bytes:
-    """Meter a run of complete SSE events; pass them on unchanged unless one was hidden."""
-    changed = False
-    kept: list[bytes] = []
-    for event in block.split(b"\n\n"):
-        if not event:
-            continue
-        new = _event(event, meter, hide_usage)
-        if new is not event:
-            changed = True
-        if new is not None:
-            kept.append(new)
-    if not changed:
-        return block
-    return b"".join(e + b"\n\n" for e in kept)
-
-
-async def relay_sse(response: httpx.Response, meter: StreamMeter,
-                    hide_usage: bool) -> AsyncIterator[bytes]:
-    """The upstream's SSE bytes, metered, forwarded per network chunk."""
-    buf = b""
-    async for chunk in response.aiter_bytes():
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
-        buf = buf + chunk if buf else chunk
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            continue
-        block, buf = buf[:end + 2], buf[end + 2:]
-        out = _scan(block, meter, hide_usage)
-        if out:
-            yield out
-    if buf.strip():
-        out = _scan(buf, meter, hide_usage)
-        if out:
-            yield out
-
-
-async def relay_litellm(stream: Any, meter: StreamMeter,
-                        hide_usage: bool) -> AsyncIterator[bytes]:
-    """litellm's stream chunks as OpenAI SSE events, metered."""
-    async for chunk in stream:
-        obj = chunk.model_dump(exclude_none=True)
-        if meter_chunk(obj, meter) and hide_usage:
-            if not obj.get("choices"):
-                continue
-            del obj["usage"]
-        yield b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"

@@ -32,12 +32,14 @@ _EXPORTS = {
     **{name: "iron_sdk.errors" for name in (
         "IronCageError", "BudgetExceededError", "SafetyViolationError", "InvalidTokenError",
         "InvalidRequestError", "RateLimitedError", "CircuitOpenError",
-        "RuntimeUnavailableError", "UnknownModelPriceError", "ModelNotFoundError")},
+        "RuntimeUnavailableError", "UnknownModelPriceError", "ModelNotFoundError",
+        "PolicyViolationError")},
 }
 
 __all__ = [
     "BudgetConfig", "BudgetExceededError", "CircuitOpenError", "InvalidRequestError",
-    "InvalidTokenError", "IronCageError", "ModelNotFoundError", "RateLimitedError",
+    "InvalidTokenError", "IronCageError", "ModelNotFoundError", "PolicyViolationError",
+    "RateLimitedError",
     "ReliabilityConfig", "Runtime", "RuntimeConfig", "RuntimeUnavailableError",
     "SafetyConfig", "SafetyViolationError", "Session", "UnknownModelPriceError",
     "current_session", "get_runtime", "hookimpl", "llm_call", "protect_agent", "set_runtime",
@@ -67,6 +69,7 @@ if TYPE_CHECKING:
         InvalidTokenError,
         IronCageError,
         ModelNotFoundError,
+        PolicyViolationError,
         RateLimitedError,
         RuntimeUnavailableError,
         SafetyViolationError,

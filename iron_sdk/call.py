@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -11,16 +10,14 @@ from typing import TYPE_CHECKING, Any
 from iron_sdk.errors import usd
 
 if TYPE_CHECKING:
+    from iron_sdk.request import LlmRequest
     from iron_sdk.session import Session
-
-# Call ids: a per-process random prefix plus a counter (uuid4 per call costs more and
-# buys nothing; ids only need to be unique across the processes sharing a ledger).
-_PREFIX = os.urandom(6).hex()
-_counter = itertools.count(1)
 
 
 def new_id() -> str:
-    return f"{_PREFIX}-{next(_counter)}"
+    """128 random bits: session, call and tool ids are unguessable, so an id alone never
+    lets another client act on what it names."""
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)
@@ -37,16 +34,21 @@ class Usage:
 
 @dataclass(slots=True, eq=False)
 class LlmCall:
-    """One model request, as every door builds it."""
+    """One model request, as every door builds it: the request (read by
+    :mod:`iron_sdk.request`) and what the pipeline decided and charged for it."""
 
     session: Session
-    model: str
-    messages: list[dict[str, Any]]
-    max_tokens: int | None = None
-    stream: bool = False
-    kind: str = "chat"  # chat | embedding | completion
+    model: str  # the model priced and governed (a router deployment's, not the alias)
+    request: LlmRequest
     source: str = "sdk"  # which door/plugin built it: openai, langchain, router, ...
     provider: str = ""
+    # False: the integration cannot rewrite the prompt (a LangChain callback), so what
+    # would be redacted blocks the call; ``redact_hint`` then says how to get redaction.
+    can_redact: bool = True
+    redact_hint: str | None = None
+    # Door 2: usage and failures are reported by the agent's own process, so its failure
+    # reports count against that agent's view of the model only.
+    remote: bool = False
     call_id: str = field(default_factory=new_id)
     started: float = field(default_factory=time.perf_counter)
     input_tokens_est: int = 0
@@ -59,11 +61,29 @@ class LlmCall:
     usage: Usage | None = None
     cost_micro: int = 0
     outcome: str = "pending"  # pending | completed | failed | blocked
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # scratch space for plugins
 
     @property
     def agent_id(self) -> str:
         return self.session.agent_id
+
+    @property
+    def kind(self) -> str:
+        return self.request.kind
+
+    @property
+    def stream(self) -> bool:
+        return self.request.stream
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The caller's output limit per choice (None: unset)."""
+        return self.request.max_tokens
+
+    @property
+    def messages(self) -> list[Any]:
+        """The chat messages to send (redacted where the safety policy redacts)."""
+        return self.request.messages
 
     @property
     def cost_usd(self) -> float:

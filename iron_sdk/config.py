@@ -8,7 +8,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
+from iron_sdk.errors import PolicyViolationError
+
 PiiAction = Literal["redact", "block", "log", "off"]
+PII_STRICTNESS: dict[str, int] = {"off": 0, "log": 1, "redact": 2, "block": 3}
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 class _Config(BaseModel):
@@ -32,6 +39,33 @@ class BudgetConfig(_Config):
     on_ledger_error: Literal["open", "closed"] = "open"
     thresholds: tuple[float, ...] = (0.5, 0.8, 1.0)
 
+    def tightened(self, asked: BudgetConfig | None) -> BudgetConfig:
+        """This (the operator's) config as the agent may narrow it: a lower session cap,
+        ``on_ledger_error="closed"``, its own thresholds. Scopes and a looser ledger rule
+        are refused (:class:`PolicyViolationError`); a lease, or a default output limit
+        below the operator's, is the operator's to set and ignored."""
+        if asked is None:
+            return self
+        given = asked.model_fields_set
+        update: dict[str, object] = {}
+        if "session_usd" in given:
+            update["session_usd"] = _min(self.session_usd, asked.session_usd)
+        if "scopes" in given and not set(asked.scopes) <= set(self.scopes):
+            raise PolicyViolationError("budget.scopes", "budget scopes come only from the "
+                                       "IC token and the operator's config")
+        if "on_ledger_error" in given and asked.on_ledger_error != self.on_ledger_error:
+            if asked.on_ledger_error == "open":
+                raise PolicyViolationError("budget.on_ledger_error", "the operator's "
+                                           "ledger rule is 'closed'")
+            update["on_ledger_error"] = "closed"
+        if "thresholds" in given:
+            update["thresholds"] = asked.thresholds
+        if ("default_max_tokens" in given and asked.default_max_tokens is not None
+                and self.default_max_tokens is not None
+                and asked.default_max_tokens > self.default_max_tokens):
+            update["default_max_tokens"] = asked.default_max_tokens  # reserves more
+        return self.model_copy(update=update) if update else self
+
 
 class SafetyConfig(_Config):
     """What to do with PII and secrets found in a prompt.
@@ -50,6 +84,33 @@ class SafetyConfig(_Config):
             return self.secrets
         return self.pii
 
+    def tightened(self, asked: SafetyConfig | None) -> SafetyConfig:
+        """This (the operator's) config as the agent may narrow it: stricter actions
+        only, and never fewer detectors (:class:`PolicyViolationError` otherwise)."""
+        if asked is None:
+            return self
+        given = asked.model_fields_set
+        update: dict[str, object] = {}
+        if "pii" in given:
+            if PII_STRICTNESS[asked.pii] < PII_STRICTNESS[self.pii]:
+                raise PolicyViolationError("safety.pii", f"the operator's PII action is "
+                                           f"'{self.pii}'; '{asked.pii}' is looser")
+            update["pii"] = asked.pii
+        if "secrets" in given and asked.secrets is not None:
+            floor = self.secrets or self.pii
+            if PII_STRICTNESS[asked.secrets] < PII_STRICTNESS[floor]:
+                raise PolicyViolationError("safety.secrets", f"the operator's secrets "
+                                           f"action is '{floor}'; '{asked.secrets}' is looser")
+            update["secrets"] = asked.secrets
+        elif "pii" in given and self.secrets is not None and \
+                PII_STRICTNESS[asked.pii] > PII_STRICTNESS[self.secrets]:
+            update["secrets"] = None  # the stricter PII action covers secrets too
+        if "kinds" in given and asked.kinds is not None and (
+                self.kinds is None or not self.kinds <= asked.kinds):
+            raise PolicyViolationError("safety.kinds", "the agent may not turn detectors "
+                                       "off")
+        return self.model_copy(update=update) if update else self
+
 
 SECRET_KINDS = frozenset({"api_key", "private_key", "jwt"})
 
@@ -60,6 +121,22 @@ class ReliabilityConfig(_Config):
     requests_per_minute: PositiveFloat | None = None
     circuit_failures: int = Field(default=5, gt=0)  # consecutive failures that open it
     circuit_reset_s: PositiveFloat = 30.0
+
+    def tightened(self, asked: ReliabilityConfig | None) -> ReliabilityConfig:
+        """This (the operator's) config as the agent may narrow it: a lower rate, a
+        breaker that opens sooner and stays open longer; looser values are ignored."""
+        if asked is None:
+            return self
+        given = asked.model_fields_set
+        update: dict[str, object] = {}
+        if "requests_per_minute" in given:
+            update["requests_per_minute"] = _min(self.requests_per_minute,
+                                                 asked.requests_per_minute)
+        if "circuit_failures" in given:
+            update["circuit_failures"] = min(self.circuit_failures, asked.circuit_failures)
+        if "circuit_reset_s" in given:
+            update["circuit_reset_s"] = max(self.circuit_reset_s, asked.circuit_reset_s)
+        return self.model_copy(update=update) if update else self
 
 
 class ModelPriceConfig(_Config):

@@ -159,11 +159,52 @@ class ModelNotFoundError(IronCageError):
     type = "invalid_request_error"
 
 
+class PolicyViolationError(IronCageError):
+    """The agent's code or request asked for a looser policy than the operator's."""
+
+    status = 403
+    code = "policy_violation"
+    type = "permission_error"
+
+    def __init__(self, field: str, why: str = "", message: str | None = None) -> None:
+        self.field = field
+        super().__init__(message or (
+            f"'{field}' may only tighten the operator's policy{': ' + why if why else ''}. "
+            "Change it in the operator's config (RuntimeConfig, the router config, or "
+            "`iron-runtime policy set`)."))
+
+    def fields(self) -> dict[str, Any]:
+        return {"field": self.field}
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """The request body is over the router's size limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UpstreamUnreachableError(IronCageError):
+    """The provider could not be reached (or dropped the connection)."""
+
+    status = 502
+    code = "upstream_unreachable"
+    type = "upstream_error"
+
+
+class UpstreamTimeoutError(UpstreamUnreachableError):
+    """The provider did not answer in time."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
 _BY_CODE: dict[str, type[IronCageError]] = {
     cls.code: cls for cls in (InvalidRequestError, InvalidTokenError, BudgetExceededError,
                               SafetyViolationError, RateLimitedError, CircuitOpenError,
                               RuntimeUnavailableError, UnknownModelPriceError,
-                              ModelNotFoundError)
+                              ModelNotFoundError, PayloadTooLargeError, PolicyViolationError,
+                              UpstreamUnreachableError, UpstreamTimeoutError)
 }
 
 
@@ -184,6 +225,8 @@ def error_from_body(body: dict[str, Any]) -> IronCageError:
         return CircuitOpenError(err.get("target", ""), err.get("retry_after", 1.0), message)
     if cls is UnknownModelPriceError:
         return UnknownModelPriceError(err.get("model", ""), message=message)
+    if cls is PolicyViolationError:
+        return PolicyViolationError(str(err.get("field", "")), message=message)
     if cls is None:
         return IronCageError(message)
     return cls(message)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -33,3 +34,21 @@ def make_manager(config: RuntimeConfig) -> pluggy.PluginManager:
     if config.load_entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     return pm
+
+
+OnFailure = Callable[[str, str, BaseException, Any], None]
+
+
+def call_each(pm: pluggy.PluginManager, name: str, on_failure: OnFailure,
+              **kwargs: Any) -> None:
+    """Call every implementation of hook ``name`` in pluggy's order, each on its own:
+    one that raises is reported to ``on_failure(plugin, hook, error, call)`` and the rest
+    still run. For the hooks after a provider answered (``iron_llm_response``,
+    ``iron_llm_error``) and the event sinks, where a plugin's fault must not cost the
+    charge, the release or the user's result. (Wrapper implementations are not
+    supported on these hooks; they are called as plain ones.)"""
+    for impl in reversed(getattr(pm.hook, name).get_hookimpls()):
+        try:
+            impl.function(*[kwargs[arg] for arg in impl.argnames])
+        except Exception as exc:
+            on_failure(impl.plugin_name, name, exc, kwargs.get("call"))

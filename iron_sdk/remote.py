@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -29,14 +29,19 @@ from iron_sdk.errors import (
     InvalidRequestError,
     InvalidTokenError,
     IronCageError,
+    PolicyViolationError,
     RuntimeUnavailableError,
+    SafetyViolationError,
     error_from_body,
 )
+from iron_sdk.plugins import call_each
+from iron_sdk.remote_transport import Connection, ProtocolError
 from iron_sdk.session import Session
 
 if TYPE_CHECKING:
     from iron_sdk.events import Event
     from iron_sdk.pricing import ModelPrice
+    from iron_sdk.request import LlmRequest
 
 log = logging.getLogger("iron_sdk.remote")
 
@@ -52,14 +57,13 @@ class _Unreachable(Exception):
 
 
 def _jsonable(obj: Any) -> Any:
-    """``json.dumps`` fallback: pydantic objects (openai messages) as dicts, client
-    sentinels such as openai's ``NOT_GIVEN`` (falsy) as null."""
+    """``json.dumps`` fallback: pydantic objects (openai messages) as dicts; anything
+    else that is not data (client sentinels such as ``NOT_GIVEN``, timeouts, files) as
+    null: the runtime reads texts and limits, never those."""
     dump = getattr(obj, "model_dump", None)
     if dump is not None:
         return dump(mode="json", exclude_none=True)
-    if not obj:
-        return None
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+    return None
 
 
 def _safe_url(url: str) -> str:
@@ -74,7 +78,12 @@ class RemoteRuntime:
     """Client of the router's runtime API (``/v1/runtime/...``). Thread-safe; one per
     process (:func:`~iron_sdk.runtime.get_runtime`). Sessions and calls it returns are the
     same :class:`Session` and :class:`LlmCall` objects as in library mode, their budget
-    state mirrored from each response."""
+    state mirrored from each response.
+
+    Plugins registered in this process see the same hook sequence as in library mode:
+    the router's events for each call are replayed to ``iron_event`` here, and
+    ``iron_llm_request`` (the decision already taken), ``iron_llm_response`` and
+    ``iron_llm_error`` run here after the router's answer."""
 
     def __init__(self, url: str, *, timeout_s: float = 5.0, connect_timeout_s: float = 1.0,
                  plugins: tuple[object, ...] = (), load_entry_points: bool = True) -> None:
@@ -91,6 +100,8 @@ class RemoteRuntime:
         self._local = threading.local()
         self._degraded = False  # warned that the router is unreachable
         self._prices: dict[str, ModelPrice] = {}
+        self._sessions: weakref.WeakValueDictionary[str, Session] = (
+            weakref.WeakValueDictionary())
         self._configs: dict[str, tuple[dict[str, Any], Any]] = {}
         self._safety: Any = None  # local safety policy, for calls made while unreachable
         # SDK-side plugins: framework integrations install themselves on session start
@@ -101,15 +112,15 @@ class RemoteRuntime:
         self.hook.iron_configure(runtime=self)
 
     # -- transport ----------------------------------------------------------------------
-    def _connection(self) -> _Connection:
-        conn: _Connection | None = getattr(self._local, "conn", None)
+    def _connection(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None or conn.sock is None or conn.pid != os.getpid():  # or forked child
-            conn = self._local.conn = _Connection(self._address, self._tls,
+            conn = self._local.conn = Connection(self._address, self._tls,
                                                   self._connect_timeout, self._timeout)
         elif conn.busy:
             # Re-entered mid-request on this thread: a stream dropped by the garbage
             # collector settles itself from __del__. Use a connection of its own.
-            conn = _Connection(self._address, self._tls, self._connect_timeout,
+            conn = Connection(self._address, self._tls, self._connect_timeout,
                                self._timeout, keep=False)
         return conn
 
@@ -138,7 +149,7 @@ class RemoteRuntime:
                 reused = conn.used
                 status, raw = conn.exchange(request)
                 break
-            except (OSError, _ProtocolError) as exc:  # exchange() closed the connection
+            except (OSError, ProtocolError) as exc:  # exchange() closed the connection
                 # A kept-alive connection the router closed meanwhile: reconnect once.
                 if attempt == 1 and reused and isinstance(exc, ConnectionError):
                     continue
@@ -183,8 +194,14 @@ class RemoteRuntime:
     def open_session(self, agent_id: str | None = None, *, ic_token: str | None = None,
                      budget_usd: float | None = None, budget: BudgetConfig | None = None,
                      safety: SafetyConfig | None = None,
-                     reliability: ReliabilityConfig | None = None) -> Session:
-        """Open a session in the router (which verifies ``ic_token``)."""
+                     reliability: ReliabilityConfig | None = None,
+                     scopes: tuple[str, ...] = ()) -> Session:
+        """Open a session in the router (which verifies ``ic_token``). Extra ``scopes``
+        cannot cross the runtime API: the router takes scopes from the token and its own
+        config only."""
+        if scopes:
+            raise PolicyViolationError("scopes", "over the runtime API, budget scopes come "
+                                       "from the IC token and the router's config only")
         body: dict[str, Any] = {}
         if agent_id is not None:
             body["agent_id"] = agent_id
@@ -202,13 +219,13 @@ class RemoteRuntime:
                                      reliability)
         else:
             session = Session(
-                agent_id=reply["agent_id"], runtime=self,  # type: ignore[arg-type]
-                budget=budget or self._config("budget", BudgetConfig, reply),
-                safety=safety or self._config("safety", SafetyConfig, reply),
-                reliability=reliability or self._config("reliability", ReliabilityConfig,
-                                                        reply),
+                agent_id=reply["agent_id"], runtime=self,
+                budget=self._config("budget", BudgetConfig, reply),
+                safety=self._config("safety", SafetyConfig, reply),
+                reliability=self._config("reliability", ReliabilityConfig, reply),
                 scopes=tuple(reply["scopes"]), cap_micro=reply["cap_micro"],
-                session_id=reply["session_id"], claims=reply["claims"])
+                session_id=reply["session_id"], claims=reply["claims"], token=ic_token)
+            self._sessions[session.session_id] = session
             _mirror(session, reply["session"])
         self.hook.iron_session_start(session=session)
         return session
@@ -225,7 +242,8 @@ class RemoteRuntime:
         try:
             if not session.session_id.startswith(_LOCAL):
                 reply = self._request("DELETE", f"/sessions/{session.session_id}",
-                                      _error_body(error) if error is not None else None)
+                                      _error_body(error) if error is not None else None,
+                                      session.token)
                 _mirror(session, reply["session"])
         except (_Unreachable, IronCageError) as exc:
             log.warning("could not close session %s in the iron runtime: %s",
@@ -234,60 +252,65 @@ class RemoteRuntime:
             self.hook.iron_session_end(session=session, error=error)
 
     # -- model calls --------------------------------------------------------------------
-    def begin_call(self, session: Session, *, model: str, messages: list[dict[str, Any]],
-                   max_tokens: int | None = None, stream: bool = False, kind: str = "chat",
-                   source: str = "sdk", provider: str = "",
-                   metadata: dict[str, Any] | None = None) -> LlmCall:
-        """The router runs the request policies; ``call.messages`` is what to send."""
-        max_tokens = max_tokens or None  # falsy (0, openai's NOT_GIVEN): the default
-        if not session.session_id.startswith(_LOCAL):
-            body: dict[str, Any] = {"session_id": session.session_id, "model": model,
-                                    "messages": messages}
-            if max_tokens is not None:
-                body["max_tokens"] = max_tokens
-            if stream:
-                body["stream"] = True
-            if kind != "chat":
-                body["kind"] = kind
-            if source != "sdk":
-                body["source"] = source
-            if provider:
-                body["provider"] = provider
-            if metadata:
-                body["metadata"] = metadata
-            try:
-                reply = self._request("POST", "/calls", body)
-            except _Unreachable as exc:
-                self._fail_open(session.budget, exc)
-            else:
-                call = LlmCall(
-                    session=session, model=model,
-                    messages=reply["messages"] if reply["redacted"] else list(messages),
-                    max_tokens=max_tokens, stream=stream, kind=kind, source=source,
-                    provider=reply["provider"], metadata=metadata or {},
-                    call_id=reply["call_id"])
-                call.input_tokens_est = reply["input_tokens_est"]
-                call.max_output_tokens = reply["max_output_tokens"]
-                call.reserved_micro = reply["reserved_micro"]
-                call.findings = reply["findings"]
-                call.redacted = reply["redacted"]
-                _mirror(session, reply["session"])
-                return call
-        return self._local_call(session, model, messages, max_tokens, stream, kind, source,
-                                provider, metadata)
+    def begin_call(self, session: Session, request: LlmRequest, *, model: str | None = None,
+                   source: str = "sdk", provider: str = "", can_redact: bool = True,
+                   redact_hint: str | None = None) -> LlmCall:
+        """The router runs the request policies; its redactions are written back into
+        ``request`` (a redaction this integration cannot write back blocks the call)."""
+        model = model or request.model
+        if session.session_id.startswith(_LOCAL):
+            return self._local_call(session, request, model, source, provider, can_redact,
+                                    redact_hint)
+        body: dict[str, Any] = {"session_id": session.session_id, "kind": request.kind,
+                                "request": request.body}
+        if model != request.model:
+            body["model"] = model
+        if source != "sdk":
+            body["source"] = source
+        if provider:
+            body["provider"] = provider
+        if not can_redact:
+            body["can_redact"] = False
+            body["redact_hint"] = redact_hint
+        try:
+            reply = self._request("POST", "/calls", body, session.token)
+        except _Unreachable as exc:
+            self._fail_open(session.budget, exc)
+            return self._local_call(session, request, model, source, provider, can_redact,
+                                    redact_hint)
+        _mirror(session, reply["session"])
+        call = LlmCall(session=session, model=model, request=request, source=source,
+                       provider=reply["provider"], can_redact=can_redact,
+                       redact_hint=redact_hint, call_id=reply["call_id"])
+        call.input_tokens_est = reply["input_tokens_est"]
+        call.max_output_tokens = reply["max_output_tokens"]
+        call.reserved_micro = reply["reserved_micro"]
+        call.findings = reply["findings"]
+        call.redacted = reply["redacted"]
+        self._replay(reply)
+        try:
+            for path, value in reply["edits"]:
+                if not request.can_write(tuple(path)):
+                    raise SafetyViolationError(call.findings, message=(
+                        f"The request contains {', '.join(call.findings)} in a field this "
+                        "integration cannot rewrite, so it was not sent."))
+                request.replace(tuple(path), value)
+            self.hook.iron_llm_request(call=call)  # this process's plugins, decided
+        except BaseException as exc:
+            self.fail_call(call, exc)
+            call.outcome = "blocked"
+            raise
+        return call
 
-    def _local_call(self, session: Session, model: str, messages: list[dict[str, Any]],
-                    max_tokens: int | None, stream: bool, kind: str, source: str,
-                    provider: str, metadata: dict[str, Any] | None) -> LlmCall:
+    def _local_call(self, session: Session, request: LlmRequest, model: str, source: str,
+                    provider: str, can_redact: bool, redact_hint: str | None) -> LlmCall:
         """A call made while the router is unreachable: no budget, but safety still
         applies (it fails closed), with this process's detectors."""
         if not isinstance(model, str) or not model:
             raise InvalidRequestError("'model' must be a non-empty string.")
-        if not isinstance(messages, list):
-            raise InvalidRequestError("'messages' must be a list of message objects.")
-        call = LlmCall(session=session, model=model, messages=list(messages),
-                       max_tokens=max_tokens, stream=stream, kind=kind, source=source,
-                       provider=provider, metadata=metadata or {}, call_id=_LOCAL + new_id())
+        call = LlmCall(session=session, model=model, request=request, source=source,
+                       provider=provider, can_redact=can_redact, redact_hint=redact_hint,
+                       call_id=_LOCAL + new_id())
         if self._safety is None:
             from iron_sdk.policies.safety import SafetyPolicy
 
@@ -312,7 +335,8 @@ class RemoteRuntime:
                 "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
                 "cached_input_tokens": usage.cached_input_tokens,
                 "cache_creation_tokens": usage.cache_creation_tokens,
-                "reasoning_tokens": usage.reasoning_tokens, "counted": usage.counted}})
+                "reasoning_tokens": usage.reasoning_tokens, "counted": usage.counted}},
+                call.session.token)
         except (_Unreachable, IronCageError) as exc:
             log.error("iron runtime could not settle call %s (%s in, %s out tokens): %s",
                       call.call_id, usage.input_tokens, usage.output_tokens, exc)
@@ -320,6 +344,8 @@ class RemoteRuntime:
         call.cost_micro = reply["cost_micro"]
         call.outcome = reply["outcome"]
         _mirror(call.session, reply["session"])
+        call_each(self.pm, "iron_llm_response", self._plugin_failed, call=call)
+        self._replay(reply)
         return call
 
     def fail_call(self, call: LlmCall, error: BaseException) -> None:
@@ -330,13 +356,32 @@ class RemoteRuntime:
         if call.call_id.startswith(_LOCAL):
             return
         try:
-            reply = self._request("POST", f"/calls/{call.call_id}/fail", _error_body(error))
+            reply = self._request("POST", f"/calls/{call.call_id}/fail", _error_body(error),
+                                  call.session.token)
         except (_Unreachable, IronCageError) as exc:
             log.warning("iron runtime could not release call %s (its lease frees it): %s",
                         call.call_id, exc)
             return
         call.reserved_micro = 0
         _mirror(call.session, reply["session"])
+        call_each(self.pm, "iron_llm_error", self._plugin_failed, call=call, error=error)
+        self._replay(reply)
+
+    def _replay(self, reply: dict[str, Any]) -> None:
+        """The router's events of this call, to this process's sinks."""
+        for event in reply.get("events") or ():
+            call_each(self.pm, "iron_event", self._plugin_failed, event=event)
+
+    def _plugin_failed(self, plugin: str, hook: str, exc: BaseException,
+                       call: LlmCall | None) -> None:
+        log.error("plugin %s failed in %s (%s); the pipeline went on", plugin, hook,
+                  type(exc).__name__)
+        if call is not None and hook != "iron_event":
+            from iron_sdk.events import make_event
+
+            self.emit(make_event("plugin_failed", plugin=plugin[:200], hook=hook,
+                                 error=type(exc).__name__, call_id=call.call_id,
+                                 session_id=call.session.session_id))
 
     # -- tools --------------------------------------------------------------------------
     def begin_tool(self, session: Session, name: str, arguments: Any = None,
@@ -347,7 +392,7 @@ class RemoteRuntime:
             try:
                 reply = self._request("POST", "/tools", {
                     "session_id": session.session_id, "name": name,
-                    "arguments": _plain(arguments), "source": source})
+                    "arguments": _plain(arguments), "source": source}, session.token)
             except _Unreachable as exc:
                 self._warn(exc)  # tools touch no budget: audit is lost, the tool runs
             else:
@@ -362,7 +407,7 @@ class RemoteRuntime:
         body = _error_body(error) if error is not None else {}
         body["result"] = _plain(result)
         try:
-            self._request("POST", f"/tools/{call.call_id}/end", body)
+            self._request("POST", f"/tools/{call.call_id}/end", body, call.session.token)
         except (_Unreachable, IronCageError) as exc:
             log.warning("iron runtime could not record the end of tool %s: %s", call.name, exc)
 
@@ -382,8 +427,12 @@ class RemoteRuntime:
 
     def emit(self, event: Event) -> None:
         """Forward an SDK-side event (e.g. ``usage_missing``) to the router's sinks."""
+        session = self._sessions.get(str(event.get("session_id")))
+        call_each(self.pm, "iron_event", self._plugin_failed, event=event)
+        if session is None or session.session_id.startswith(_LOCAL):
+            return
         try:
-            self._request("POST", "/events", event)
+            self._request("POST", "/events", event, session.token)
         except (_Unreachable, IronCageError) as exc:
             log.debug("event %s not recorded: %s", event.get("type"), exc)
 
@@ -401,100 +450,9 @@ class RemoteRuntime:
 
     def close_connection(self) -> None:
         """Close this thread's connection to the router (the next request reconnects)."""
-        conn: _Connection | None = getattr(self._local, "conn", None)
+        conn: Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
-
-
-class _ProtocolError(Exception):
-    """The peer's answer is not HTTP/1.1 as the router speaks it."""
-
-
-class _Connection:
-    """One keep-alive HTTP/1.1 connection to the router, used by one thread.
-
-    Why not httpx or http.client: this runs twice per LLM call, and on loopback their
-    request/response machinery costs several times the router's own work (measured round
-    trip to a trivial route of the same uvicorn app: httpx ~700 µs, http.client ~270 µs,
-    this ~90 µs). The runtime API answers JSON with a Content-Length, all this reads;
-    anything else is reported as "not an iron runtime".
-    """
-
-    __slots__ = ("sock", "pid", "used", "busy", "keep")
-
-    def __init__(self, address: tuple[str, int], tls: bool, connect_timeout_s: float,
-                 timeout_s: float, keep: bool = True) -> None:
-        self.sock: socket.socket | None = None
-        self.pid = os.getpid()
-        self.used = self.busy = False
-        self.keep = keep  # False: closed after one exchange
-        sock = socket.create_connection(address, timeout=connect_timeout_s)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if tls:
-                import ssl
-
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=address[0])
-            sock.settimeout(timeout_s)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-    def exchange(self, request: bytes) -> tuple[int, bytes]:
-        """Send one request, return (status, body). Whatever interrupts it (an error, a
-        timeout, KeyboardInterrupt) closes the connection: its stream is out of step."""
-        self.used = self.busy = True
-        try:
-            status, body = self._exchange(request)
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            self.busy = False
-        if not self.keep:
-            self.close()
-        return status, body
-
-    def _exchange(self, request: bytes) -> tuple[int, bytes]:
-        sock = self.sock
-        assert sock is not None
-        sock.sendall(request)
-        buf = b""
-        while (end := buf.find(b"\r\n\r\n")) < 0:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionResetError("the router closed the connection")
-            buf += chunk
-            if len(buf) > 65536 and buf.find(b"\r\n\r\n") < 0:
-                raise _ProtocolError("response headers too large")
-        lines = buf[:end].decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
-            raise _ProtocolError(f"not an HTTP/1.1 response: {lines[0][:40]!r}")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = headers.get("content-length")
-        if length is None or not length.isdigit() or "transfer-encoding" in headers:
-            raise _ProtocolError("response without a Content-Length")
-        body, size = buf[end + 4:], int(length)
-        while len(body) < size:
-            chunk = sock.recv(max(size - len(body), 65536))
-            if not chunk:
-                raise ConnectionResetError("the router closed the connection mid-response")
-            body += chunk
-        if headers.get("connection", "").lower() == "close" or version == "HTTP/1.0":
-            self.keep = False
-        return int(rest[:3]), body[:size]
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    __del__ = close  # a thread's connection ends with the thread
 
 
 def _local_manager(load_entry_points: bool, plugins: tuple[object, ...]) -> Any:
@@ -554,7 +512,7 @@ def _local_session(runtime: RemoteRuntime, agent_id: str | None, ic_token: str |
             agent_id = None
     if not agent_id:
         raise InvalidRequestError("A session needs an agent_id or an IC token.")
-    return Session(agent_id=agent_id, runtime=runtime,  # type: ignore[arg-type]
+    return Session(agent_id=agent_id, runtime=runtime, token=ic_token,
                    budget=budget or BudgetConfig(), safety=safety or SafetyConfig(),
                    reliability=reliability or ReliabilityConfig(),
                    cap_micro=None if budget_usd is None else round(budget_usd * 1_000_000),

@@ -1,8 +1,16 @@
 """The runtime: the one hook pipeline behind every door.
 
 Library mode calls it directly; the router serves it over HTTP (the runtime API and the
-OpenAI-compatible API). Each door builds an :class:`LlmCall` and drives it through
-``begin_call`` → (the provider request) → ``settle_call`` or ``fail_call``.
+OpenAI-compatible API). Each door reads its request with :func:`iron_sdk.request.
+read_request` and drives it through ``begin_call`` → (the provider request) →
+``settle_call`` or ``fail_call`` (the meter, :mod:`iron_sdk.meter`, picks which).
+
+The pipeline owns failure: a plugin that raises in ``iron_llm_request`` blocks the call
+(fail closed; anything reserved is released through ``iron_llm_error``); one that raises
+in ``iron_llm_response``, ``iron_llm_error`` or ``iron_event`` is logged with its name
+and reported as a ``plugin_failed`` event, while every other plugin still runs: the
+charge or the release is never lost, and an answer the user paid for is never turned
+into an exception.
 """
 
 from __future__ import annotations
@@ -10,6 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from iron_sdk.call import LlmCall, ToolCall, Usage
@@ -22,10 +33,12 @@ from iron_sdk.errors import (
 )
 from iron_sdk.events import Event, call_event, make_event
 from iron_sdk.identity import TokenVerifier
+from iron_sdk.interface import GovernanceRuntime
 from iron_sdk.ledger import Ledger, MemoryLedger, open_ledger
 from iron_sdk.ledger.writer import WriteBehindLedger
-from iron_sdk.plugins import make_manager
+from iron_sdk.plugins import call_each, make_manager
 from iron_sdk.pricing import ModelPrice
+from iron_sdk.request import LlmRequest
 from iron_sdk.session import Session
 
 log = logging.getLogger("iron_sdk")
@@ -53,8 +66,15 @@ class Runtime:
     def open_session(self, agent_id: str | None = None, *, ic_token: str | None = None,
                      budget_usd: float | None = None, budget: BudgetConfig | None = None,
                      safety: SafetyConfig | None = None,
-                     reliability: ReliabilityConfig | None = None) -> Session:
-        """Start a session; with ``ic_token`` the agent is the one the token names."""
+                     reliability: ReliabilityConfig | None = None,
+                     scopes: tuple[str, ...] = ()) -> Session:
+        """Start a session; with ``ic_token`` the agent is the one the token names.
+
+        ``budget``, ``safety``, ``reliability`` and ``budget_usd`` come from the agent
+        (its ``@protect_agent`` arguments or its request) and may only tighten the
+        operator's config. ``scopes`` are extra budget scopes an integration derived from
+        an identity it verified itself (the LiteLLM proxy's team and user of a key),
+        never from the agent's code or request."""
         claims: dict[str, Any] = {}
         if ic_token:
             claims = self.tokens.verify(ic_token)
@@ -65,13 +85,19 @@ class Runtime:
             agent_id = claims["sub"]
         if not agent_id:
             raise InvalidRequestError("A session needs an agent_id or an IC token.")
-        budget = budget or self.config.budget
-        cap = budget_usd if budget_usd is not None else budget.session_usd
-        scopes = (f"agent:{agent_id}", *claims.get("scopes", ()), *budget.scopes, "global")
+        # The operator's config, as the agent's code or request may only tighten it.
+        budget = self.config.budget.tightened(budget)
+        cap = budget.session_usd
+        if budget_usd is not None:
+            if not 0 < budget_usd < float("inf"):
+                raise InvalidRequestError("'budget_usd' must be a positive number.")
+            cap = budget_usd if cap is None else min(cap, budget_usd)
+        scopes = (f"agent:{agent_id}", *claims.get("scopes", ()), *budget.scopes, *scopes,
+                  "global")
         session = Session(
-            agent_id=agent_id, runtime=self, budget=budget,  # type: ignore[arg-type]
-            safety=safety or self.config.safety,
-            reliability=reliability or self.config.reliability,
+            agent_id=agent_id, runtime=self, budget=budget,
+            safety=self.config.safety.tightened(safety),
+            reliability=self.config.reliability.tightened(reliability),
             scopes=tuple(dict.fromkeys(scopes)),
             cap_micro=None if cap is None else round(cap * 1_000_000), claims=claims)
         self.hook.iron_session_start(session=session)
@@ -81,28 +107,28 @@ class Runtime:
         self.hook.iron_session_end(session=session, error=error)
 
     # -- model calls ------------------------------------------------------------------
-    def begin_call(self, session: Session, *, model: str, messages: list[dict[str, Any]],
-                   max_tokens: int | None = None, stream: bool = False, kind: str = "chat",
-                   source: str = "sdk", provider: str = "",
-                   metadata: dict[str, Any] | None = None) -> LlmCall:
-        """Run the request policies; return the call (``call.messages`` possibly redacted).
+    def begin_call(self, session: Session, request: LlmRequest, *, model: str | None = None,
+                   source: str = "sdk", provider: str = "", can_redact: bool = True,
+                   redact_hint: str | None = None) -> LlmCall:
+        """Run the request policies on ``request``; return the call, whose
+        ``request.body`` is what may leave (redacted where the policy redacts).
 
-        Raises the policy's :class:`IronCageError` when the call is refused; nothing is
-        reserved then.
+        ``model`` is the model governed and priced (default: the request's). Raises the
+        policy's :class:`IronCageError` when the call is refused; nothing stays reserved.
         """
+        model = model or request.model
         if not isinstance(model, str) or not model:
             raise InvalidRequestError("'model' must be a non-empty string.")
-        if not isinstance(messages, list):
-            raise InvalidRequestError("'messages' must be a list of message objects.")
-        call = LlmCall(session=session, model=model, messages=list(messages),
-                       max_tokens=max_tokens, stream=stream, kind=kind, source=source,
-                       provider=provider, metadata=metadata or {})
+        call = LlmCall(session=session, model=model, request=request, source=source,
+                       provider=provider, can_redact=can_redact, redact_hint=redact_hint)
         try:
             self.hook.iron_llm_request(call=call)
         except IronCageError as exc:
             self._refused(call, exc)
             raise
         except Exception as exc:  # a plugin crashed: fail closed, say which call
+            log.error("plugin failed in iron_llm_request (%s); call %s blocked",
+                      type(exc).__name__, call.call_id)
             self._refused(call, exc)
             raise RuntimeUnavailableError(
                 f"A governance plugin failed on the request ({type(exc).__name__}); "
@@ -110,13 +136,17 @@ class Runtime:
         return call
 
     def settle_call(self, call: LlmCall, usage: Usage) -> LlmCall:
-        """The provider answered with ``usage``: charge the real cost, release the rest."""
+        """The provider answered with ``usage``: charge the real cost, release the rest.
+        Never raises for a plugin's fault (see the module docstring)."""
         if call.outcome != "pending":
             return call  # already settled or failed: each request is charged once
         call.usage = usage
-        call.cost_micro = self.price(call.model).cost_micro(usage)
+        try:
+            call.cost_micro = self.price(call.model).cost_micro(usage)
+        except IronCageError:  # priced at begin_call; a plugin's price vanished since
+            call.cost_micro = call.reserved_micro
         call.outcome = "completed"
-        self.hook.iron_llm_response(call=call)
+        call_each(self.pm, "iron_llm_response", self._plugin_failed, call=call)
         self.emit(call_event("call_completed", call))
         return call
 
@@ -125,15 +155,26 @@ class Runtime:
         if call.outcome != "pending":
             return
         call.outcome = "failed"
-        self.hook.iron_llm_error(call=call, error=error)
+        call_each(self.pm, "iron_llm_error", self._plugin_failed, call=call, error=error)
         self.emit(call_event("call_failed", call, error=type(error).__name__,
                              status=getattr(error, "status_code", None)))
 
     def _refused(self, call: LlmCall, exc: BaseException) -> None:
-        call.outcome = "blocked"
-        self.pm.get_plugin("iron.budget").release(call)  # a later plugin may have vetoed
+        call.outcome = "blocked"  # iron_llm_error releases what an earlier plugin reserved
+        call_each(self.pm, "iron_llm_error", self._plugin_failed, call=call, error=exc)
         self.emit(call_event("call_blocked", call,
                              reason=getattr(exc, "code", type(exc).__name__)))
+
+    def _plugin_failed(self, plugin: str, hook: str, exc: BaseException,
+                       call: LlmCall | None) -> None:
+        log.error("plugin %s failed in %s (%s); the pipeline went on", plugin, hook,
+                  type(exc).__name__)
+        if hook != "iron_event":
+            ids = {} if call is None else {"call_id": call.call_id,
+                                           "session_id": call.session.session_id,
+                                           "agent_id": call.agent_id}
+            self.emit(make_event("plugin_failed", plugin=plugin, hook=hook,
+                                 error=type(exc).__name__, **ids))
 
     # -- tools ------------------------------------------------------------------------
     def begin_tool(self, session: Session, name: str, arguments: Any = None,
@@ -170,18 +211,36 @@ class Runtime:
             audit.flush()
 
     def emit(self, event: Event) -> None:
-        self.hook.iron_event(event=event)
+        collector = _collecting.get()
+        if collector is not None:
+            collector.append(event)
+        call_each(self.pm, "iron_event", self._plugin_failed, event=event)
 
     def close(self) -> None:
         self.ledger.close()  # flushes pending settlements (and their events) first
         self.hook.iron_unconfigure(runtime=self)
 
 
-_runtime: Any = None
+_collecting: ContextVar[list[Event] | None] = ContextVar("iron_collect_events", default=None)
+
+
+@contextmanager
+def collect_events() -> Iterator[list[Event]]:
+    """Gather the events this context emits (the runtime API hands them back to the SDK,
+    whose own plugins then see them as in library mode)."""
+    events: list[Event] = []
+    token = _collecting.set(events)
+    try:
+        yield events
+    finally:
+        _collecting.reset(token)
+
+
+_runtime: GovernanceRuntime | None = None
 _runtime_lock = threading.Lock()
 
 
-def get_runtime() -> Any:
+def get_runtime() -> GovernanceRuntime:
     """The process's runtime: HTTP client of the router when ``IRON_RUNTIME_URL`` is set,
     else the in-process runtime. Created on first use."""
     global _runtime
@@ -198,7 +257,7 @@ def get_runtime() -> Any:
     return _runtime
 
 
-def set_runtime(runtime: Any) -> Any:
+def set_runtime(runtime: GovernanceRuntime | None) -> GovernanceRuntime | None:
     """Install ``runtime`` as the process's runtime (returns the previous one)."""
     global _runtime
     previous, _runtime = _runtime, runtime

@@ -12,7 +12,7 @@ from iron_sdk.errors import IronCageError, usd
 
 if TYPE_CHECKING:
     from iron_sdk.config import BudgetConfig, ReliabilityConfig, SafetyConfig
-    from iron_sdk.runtime import Runtime
+    from iron_sdk.interface import GovernanceRuntime
 
 _current: ContextVar[Session | None] = ContextVar("iron_session", default=None)
 
@@ -22,7 +22,7 @@ class Session:
     """Budget state of one protected invocation, readable through ``current_session()``."""
 
     agent_id: str
-    runtime: Runtime
+    runtime: GovernanceRuntime
     budget: BudgetConfig
     safety: SafetyConfig
     reliability: ReliabilityConfig
@@ -33,6 +33,7 @@ class Session:
     reserved_micro: int = 0
     calls: int = 0
     claims: dict[str, Any] = field(default_factory=dict)
+    token: str | None = field(default=None, repr=False)  # the IC token (HTTP mode sends it)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

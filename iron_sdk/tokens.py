@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iron_sdk.pricing import litellm_dir
+
+if TYPE_CHECKING:
+    from iron_sdk.request import LlmRequest
 
 _encoders: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -20,6 +23,7 @@ _lock = threading.Lock()
 PER_MESSAGE = 3
 PER_REPLY = 3
 IMAGE_TOKENS = 765  # a high-detail image tile budget; settle corrects it
+MEDIA_TOKENS = 2_000  # an audio clip or a file whose size is not read here
 
 
 def _encoding_name(model: str) -> str:
@@ -70,6 +74,26 @@ def count_text(model: str, text: str) -> int:
             _counts.clear()
         _counts[key] = n
     return n
+
+
+def count_request(model: str, request: LlmRequest) -> int:
+    """Input tokens of any request (the reservation's estimate): every text it sends,
+    tool definitions as JSON, framing per message, and a budget per image, audio clip
+    and file (settlement corrects it with what the provider reports)."""
+    total = PER_REPLY + request.token_inputs + PER_MESSAGE * len(request.messages)
+    schema = False
+    for text in request.texts:
+        if text.schema:
+            schema = True
+        else:
+            total += count_text(model, text.value)
+    if schema:
+        from iron_sdk.request import schema_json
+
+        total += count_text(model, schema_json(request.tool_schemas()))
+    for media in request.media:
+        total += IMAGE_TOKENS if media.kind == "image" else MEDIA_TOKENS
+    return total
 
 
 def count_messages(model: str, messages: list[dict[str, Any]],

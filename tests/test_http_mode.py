@@ -47,6 +47,7 @@ from iron_sdk.identity import issue_token
 from iron_sdk.ledger import ScopeState, SQLiteLedger
 from iron_sdk.policies.audit import read_events
 from iron_sdk.remote import RemoteRuntime
+from iron_sdk.request import LlmRequest
 from tests.helpers import expected_micro
 from tests.router_util import ROOT, RouterProcess, free_port
 
@@ -81,9 +82,11 @@ class Mode:
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
-    """One router for the module's HTTP-mode tests (each test uses its own agents)."""
+    """One router for the module's HTTP-mode tests (each test uses its own agents). Its
+    operator allows token-less sessions, so the same bodies run in both modes; what a
+    router without that setting refuses is tested in ``test_runtime_api_security.py``."""
     proc = RouterProcess(home=tmp_path_factory.mktemp("router") / "iron",
-                         config={"iron": {"prices": PRICES}})
+                         config={"iron": {"prices": PRICES, "anonymous_sessions": True}})
     proc.start()
     yield proc
     proc.close()
@@ -395,7 +398,8 @@ def test_one_session_shared_by_threads(mode):
         def work() -> None:
             for _ in range(5):
                 session.runtime.settle_call(session.runtime.begin_call(
-                    session, model="gpt-4o-mini", messages=MSG, max_tokens=10), Usage(100, 10))
+                    session, LlmRequest.chat("gpt-4o-mini", MSG, max_tokens=10)),
+                    Usage(100, 10))
 
         threads = [threading.Thread(target=work) for _ in range(6)]
         for t in threads:
@@ -506,7 +510,8 @@ def test_unreachable_router_fails_open_with_one_warning_and_local_safety(
 
 def test_router_lost_mid_call_never_breaks_the_answered_call(tmp_path, provider, client,
                                                              caplog):
-    router = RouterProcess(home=tmp_path / "iron").start()
+    router = RouterProcess(home=tmp_path / "iron",
+                           config={"iron": {"anonymous_sessions": True}}).start()
     previous = set_runtime(RemoteRuntime(router.url))
     try:
         @protect_agent(agent_id="orphan")
@@ -544,7 +549,7 @@ def test_settling_after_the_session_closed(remote):
     """An abandoned stream is settled when dropped, possibly after its session ended."""
     rt, home = remote
     session = rt.open_session("late")
-    call = rt.begin_call(session, model="gpt-4o-mini", messages=MSG, max_tokens=10)
+    call = rt.begin_call(session, LlmRequest.chat("gpt-4o-mini", MSG, max_tokens=10))
     rt.close_session(session)
     rt.settle_call(call, Usage(100, 10))
     assert call.outcome == "completed" and call.cost_micro > 0
@@ -595,21 +600,26 @@ def test_runtime_api_answers_client_mistakes_in_openai_shape(router):
              {}, 400, "invalid_request"),
             ("POST", "/sessions", json.dumps({"agent_id": "a", "budget_usd": "ten"}), {}, 400,
              "invalid_request"),
-            ("POST", "/sessions", b"{}", {"authorization": "Basic abc"}, 400,
-             "invalid_request"),
+            ("POST", "/sessions", b"{}", {"authorization": "Basic abc"}, 401,
+             "invalid_ic_token"),
             ("POST", "/sessions", b"{}", {"authorization": "Bearer not-a-jwt"}, 401,
              "invalid_ic_token"),
-            ("POST", "/calls", json.dumps({"session_id": "nope", "model": "gpt-4o-mini",
-                                           "messages": []}), {}, 404, "session_not_found"),
-            ("POST", "/calls", json.dumps({"session_id": sid, "model": "gpt-4o-mini",
-                                           "messages": "hi"}), {}, 400, "invalid_request"),
-            ("POST", "/calls", json.dumps({"session_id": sid, "model": "gpt-4o-mini",
-                                           "messages": [], "max_tokens": -5}), {}, 400,
+            ("POST", "/calls", json.dumps({"session_id": "nope", "request": {
+                "model": "gpt-4o-mini", "messages": MSG}}), {}, 404, "session_not_found"),
+            ("POST", "/calls", json.dumps({"session_id": sid, "request": {
+                "model": "gpt-4o-mini", "messages": "hi"}}), {}, 400, "invalid_request"),
+            ("POST", "/calls", json.dumps({"session_id": sid, "request": {
+                "model": "gpt-4o-mini", "messages": MSG, "max_tokens": -5}}), {}, 400,
              "invalid_request"),
-            ("POST", "/calls", json.dumps({"session_id": sid, "model": 7, "messages": []}),
-             {}, 400, "invalid_request"),
-            ("POST", "/calls", json.dumps({"session_id": sid, "model": "no-such-model",
-                                           "messages": []}), {}, 400, "unknown_model_price"),
+            ("POST", "/calls", json.dumps({"session_id": sid, "request": {
+                "model": 7, "messages": MSG}}), {}, 400, "invalid_request"),
+            ("POST", "/calls", json.dumps({"session_id": sid, "request": []}), {}, 400,
+             "invalid_request"),
+            ("POST", "/calls", json.dumps({"session_id": sid, "kind": "nope", "request": {
+                "model": "gpt-4o-mini", "messages": MSG}}), {}, 400, "invalid_request"),
+            ("POST", "/calls", json.dumps({"session_id": sid, "request": {
+                "model": "no-such-model", "messages": MSG}}), {}, 400,
+             "unknown_model_price"),
             ("POST", "/calls/nope/settle", json.dumps({"usage": {}}), {}, 404,
              "call_not_found"),
             ("POST", "/calls/nope/fail", b"", {}, 404, "call_not_found"),
@@ -622,8 +632,8 @@ def test_runtime_api_answers_client_mistakes_in_openai_shape(router):
             r = http.request(method, api + path, content=body, headers=headers)
             assert (r.status_code, r.json()["error"]["code"]) == (status, code), (path, body)
             assert r.json()["error"]["message"]
-        call = http.post(api + "/calls", json={"session_id": sid, "model": "gpt-4o-mini",
-                                                "messages": MSG}).json()
+        call = http.post(api + "/calls", json={"session_id": sid, "request": {
+            "model": "gpt-4o-mini", "messages": MSG}}).json()
         bad = http.post(api + f"/calls/{call['call_id']}/settle",
                         json={"usage": {"input_tokens": -1}})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
@@ -639,19 +649,21 @@ def test_idle_sessions_are_dropped_and_release_their_reservations(iron_home):
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
 
+    from iron_router.config import RouterConfig, RouterSettings
     from iron_router.runtime_api import routes
 
     rt = Runtime(RuntimeConfig(home=iron_home))
     rt.ledger.set_limit("agent:idler", 1_000_000)  # reservations are held on limited scopes
     app = Starlette(routes=routes)
     app.state.runtime = rt
+    app.state.config = RouterConfig(settings=RouterSettings(anonymous_sessions=True))
     app.state.runtime_session_idle_s = 0  # every session is idle at the next sweep
     try:
         with TestClient(app) as http:
             sid = http.post("/v1/runtime/sessions", json={"agent_id": "idler"}).json()
             call = http.post("/v1/runtime/calls", json={
-                "session_id": sid["session_id"], "model": "gpt-4o-mini", "messages": MSG,
-                "max_tokens": 100}).json()
+                "session_id": sid["session_id"], "request": {
+                    "model": "gpt-4o-mini", "messages": MSG, "max_tokens": 100}}).json()
             assert call["reserved_micro"] > 0
             assert rt.ledger.state("agent:idler").reserved_micro == call["reserved_micro"]
             http.post("/v1/runtime/sessions", json={"agent_id": "newcomer"})  # sweeps

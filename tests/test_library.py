@@ -13,12 +13,17 @@ from iron_sdk import (
     BudgetConfig,
     BudgetExceededError,
     IronCageError,
+    PolicyViolationError,
+    Runtime,
+    RuntimeConfig,
     SafetyConfig,
+    SafetyViolationError,
     UnknownModelPriceError,
     current_session,
     hookimpl,
     llm_call,
     protect_agent,
+    set_runtime,
 )
 from iron_sdk.policies.audit import read_events
 from iron_sdk.pricing import ModelPrice
@@ -46,16 +51,55 @@ def test_usage_reported_by_provider_is_what_is_charged(runtime, provider, client
         "gpt-4o-mini", usage)
 
 
-def test_log_mode_sends_unchanged_and_records_kinds(runtime, provider, client, iron_home):
-    @protect_agent(agent_id="logger", safety=SafetyConfig(pii="log"))
-    def agent():
-        return client.chat.completions.create(model="gpt-4o-mini", messages=[
-            {"role": "user", "content": "ping ops@example.org"}])
+def test_log_mode_sends_unchanged_and_records_kinds(provider, client, iron_home):
+    rt = Runtime(RuntimeConfig(home=iron_home, safety=SafetyConfig(pii="log")))
+    previous = set_runtime(rt)
+    try:
+        @protect_agent(agent_id="logger")
+        def agent():
+            return client.chat.completions.create(model="gpt-4o-mini", messages=[
+                {"role": "user", "content": "ping ops@example.org"}])
 
-    agent()
-    assert provider.requests[0]["messages"][0]["content"] == "ping ops@example.org"
-    found = _events(runtime, "pii_detected")
-    assert found[0]["kinds"] == {"email": 1} and found[0]["action"] == "log"
+        agent()
+        assert provider.requests[0]["messages"][0]["content"] == "ping ops@example.org"
+        found = _events(rt, "pii_detected")
+        assert found[0]["kinds"] == {"email": 1} and found[0]["action"] == "log"
+    finally:
+        set_runtime(previous)
+        rt.close()
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"safety": SafetyConfig(pii="log")}, "safety.pii"),
+    ({"safety": SafetyConfig(pii="block", secrets="off")}, "safety.secrets"),
+    ({"safety": SafetyConfig(kinds=frozenset({"email"}))}, "safety.kinds"),
+    ({"budget": BudgetConfig(scopes=("agent:bob",))}, "budget.scopes"),
+])
+def test_agent_code_cannot_loosen_the_operators_policy(runtime, provider, client, options,
+                                                        field):
+    @protect_agent(agent_id="alice", **options)
+    def agent():
+        return client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+
+    with pytest.raises(PolicyViolationError) as caught:
+        agent()
+    assert caught.value.field == field and caught.value.status == 403
+    assert provider.requests == []
+
+
+def test_agent_code_may_tighten_the_operators_policy(runtime, provider, client):
+    @protect_agent(agent_id="careful", safety=SafetyConfig(pii="block"),
+                   budget=BudgetConfig(session_usd=0.5, lease_s=1e-6))
+    def agent():
+        session = current_session()
+        assert session.safety.pii == "block" and session.budget_usd == 0.5
+        assert session.budget.lease_s == runtime.config.budget.lease_s  # operator's only
+        return client.chat.completions.create(model="gpt-4o-mini", messages=[
+            {"role": "user", "content": "mail ops@example.org"}])
+
+    with pytest.raises(SafetyViolationError):
+        agent()
+    assert provider.requests == []
 
 
 def test_stream_with_requested_usage_keeps_the_usage_chunk(runtime, provider, client):

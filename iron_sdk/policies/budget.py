@@ -15,7 +15,7 @@ from iron_sdk.events import make_event
 from iron_sdk.hookspecs import hookimpl
 from iron_sdk.ledger import ScopeState, Settlement
 from iron_sdk.ledger.writer import WriteBehindLedger
-from iron_sdk.tokens import count_messages
+from iron_sdk.tokens import count_request
 
 if TYPE_CHECKING:
     from iron_sdk.call import LlmCall
@@ -48,13 +48,11 @@ class BudgetPolicy:
         price = self.runtime.price(call.model)
         call.provider = call.provider or price.provider
         if not call.input_tokens_est:
-            call.input_tokens_est = count_messages(call.model, call.messages,
-                                                   call.metadata.get("tools"))
-        if call.kind == "embedding":
-            max_out = 0
-        else:
-            max_out = (call.max_tokens or session.budget.default_max_tokens
-                       or price.max_output_tokens or DEFAULT_MAX_OUTPUT)
+            call.input_tokens_est = count_request(call.model, call.request)
+        # The output the call can generate: its limit (else the default, else the
+        # model's maximum) for each of its n choices.
+        max_out = call.request.output_tokens(session.budget.default_max_tokens
+                                             or price.max_output_tokens or DEFAULT_MAX_OUTPUT)
         call.max_output_tokens = max_out
         amount = price.estimate_micro(call.input_tokens_est, max_out)
         with session.lock:

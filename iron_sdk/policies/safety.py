@@ -1,4 +1,6 @@
-"""PII and secret policy: scan every prompt text before it leaves; redact, block or log.
+"""PII and secret policy: scan every text of a request before it leaves (every field the
+request model finds: messages, tool-call arguments, names, tool descriptions, ``user``,
+``metadata``...); redact it in place, block the call, or log.
 
 Safety fails closed: if a detector raises, the call is blocked.
 """
@@ -6,7 +8,7 @@ Safety fails closed: if a detector raises, the call is blocked.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from iron_sdk.errors import RuntimeUnavailableError, SafetyViolationError
 from iron_sdk.events import make_event
@@ -44,15 +46,14 @@ class SafetyPolicy:
             return
         kinds: Counter[str] = Counter()
         blocked: set[str] = set()
-        # An integration that cannot rewrite the prompt (a LangChain callback) sets
-        # metadata can_redact=False: what would be redacted is blocked instead.
-        can_redact = call.metadata.get("can_redact", True)
+        request = call.request
         try:
-            for i, message in enumerate(call.messages):
-                new_content = self._scan_content(message.get("content"), cfg, kinds, blocked,
-                                                 can_redact)
-                if new_content is not None:
-                    call.messages[i] = {**message, "content": new_content}
+            for text in request.texts:
+                # A field the integration cannot write back is blocked, never sent as is.
+                writable = call.can_redact and request.can_write(text.path)
+                new = self._scan_text(text.value, cfg, kinds, blocked, writable)
+                if new is not None:
+                    request.replace(text.path, new)
                     call.redacted = True
         except Exception as exc:
             raise RuntimeUnavailableError(
@@ -67,33 +68,17 @@ class SafetyPolicy:
             "pii_detected", call_id=call.call_id, session_id=call.session.session_id,
             agent_id=call.agent_id, model=call.model, kinds=dict(kinds), action=action))
         if blocked:
-            hint = call.metadata.get("redact_hint")
-            if not can_redact and hint:
+            hint = call.redact_hint
+            if not call.can_redact and hint:
                 raise SafetyViolationError(sorted(blocked), message=(
                     f"The prompt contains {', '.join(sorted(blocked))}; the safety policy "
                     f"would redact it, but this integration cannot rewrite the prompt, so it "
                     f"was not sent. {hint}"))
             raise SafetyViolationError(sorted(blocked))
 
-    def _scan_content(self, content: Any, cfg: SafetyConfig, kinds: Counter[str],
-                      blocked: set[str], can_redact: bool) -> Any:
-        """Scan one message content (string or parts); return the redacted content or None."""
-        if isinstance(content, str):
-            return self._scan_text(content, cfg, kinds, blocked, can_redact)
-        if isinstance(content, list):
-            changed, parts = False, []
-            for part in content:
-                text = part.get("text") if isinstance(part, dict) else None
-                new = (self._scan_text(text, cfg, kinds, blocked, can_redact)
-                       if isinstance(text, str) else None)
-                if new is not None:
-                    part, changed = {**part, "text": new}, True
-                parts.append(part)
-            return parts if changed else None
-        return None
-
     def _scan_text(self, text: str, cfg: SafetyConfig, kinds: Counter[str],
                    blocked: set[str], can_redact: bool) -> str | None:
+        """Scan one text; return it redacted, or None when nothing is to be redacted."""
         findings = self._findings(text)
         if cfg.kinds is not None:
             findings = [f for f in findings if f.kind in cfg.kinds]

@@ -115,6 +115,7 @@ def instrument() -> None:
                  tools.after_tool_call)):
             register(hook)
             _undo.append(lambda unregister=unregister, hook=hook: unregister(hook))
+        llm.watch_class = watch_class
         llm.enabled = _installed = True
 
 

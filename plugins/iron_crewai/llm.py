@@ -28,21 +28,35 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 from iron_crewai.errors import as_hook_abort
-from iron_sdk.call import LlmCall, Usage
 from iron_sdk.errors import IronCageError, RuntimeUnavailableError, SafetyViolationError
-from iron_sdk.events import call_event
-from iron_sdk.guard import outer_governed
-from iron_sdk.session import Session, active_session
-from iron_sdk.tokens import count_text
+from iron_sdk.integration import (
+    LlmCall,
+    LlmRequest,
+    Session,
+    Usage,
+    active_session,
+    outer_governed,
+    settle_reserved,
+    settle_text,
+)
 
 SOURCE = "crewai"
 enabled = False  # set by iron_crewai.install; hooks copied into executors stay inert after
+
+
+
+def _no_watch(cls: type) -> None:
+    return None
+
+
+# Set by iron_crewai.install: attaches our seams to an LLM class a governed call uses.
+watch_class: Callable[[type], None] = _no_watch
 
 
 class _Scope:
@@ -93,12 +107,12 @@ class _Scope:
             runtime.fail_call(call, RuntimeError("answered by a nested CrewAI call"))
             return False
         elif self.parts:  # streamed without a usage chunk, cut off, or a custom LLM
-            _settle_without_usage(call, "".join(self.parts))
+            settle_text(call, "".join(self.parts))
         elif error is not None:  # failed before anything came back
             runtime.fail_call(call, error)
             return False
         else:
-            _settle_without_usage(call, "")
+            settle_reserved(call)  # nothing reported: never $0 silently
         return True
 
 
@@ -141,17 +155,6 @@ def end_session(session: Session) -> None:
         _release(call, "never sent before its session ended")
 
 
-def _settle_without_usage(call: LlmCall, text: str) -> None:
-    """Nothing reported usage: charge the answer counted, or the reservation if there is
-    no text either — never $0 silently (as :class:`iron_sdk.guard.LlmCallGuard` does)."""
-    output = count_text(call.model, text) if text else call.max_output_tokens
-    runtime = call.session.runtime
-    runtime.settle_call(call, Usage(input_tokens=call.input_tokens_est,
-                                    output_tokens=output, counted=True))
-    if not text:
-        runtime.emit(call_event("usage_missing", call))
-
-
 # -- policies ---------------------------------------------------------------------------
 def _max_tokens(llm: Any) -> int | None:
     for name in ("max_completion_tokens", "max_tokens"):
@@ -169,16 +172,16 @@ def _begin(session: Session, llm: Any, messages: Any) -> LlmCall:
     Raises the refusal as a CrewAI hook abort, and fails closed: a crash here blocks the
     call (CrewAI would swallow any other exception and send the request ungoverned).
     """
-    from iron_crewai.install import watch_class
-
     try:
         watch_class(type(llm))
         sent = messages if isinstance(messages, list) else [
             {"role": "user", "content": str(messages)}]
+        request = LlmRequest.chat(str(getattr(llm, "model", "") or ""), sent,
+                                  max_tokens=_max_tokens(llm),
+                                  stream=bool(getattr(llm, "stream", False)))
+        request.writable = _content_only  # redactions are mapped back per message content
         call = session.runtime.begin_call(
-            session, model=str(getattr(llm, "model", "") or ""), messages=sent,
-            max_tokens=_max_tokens(llm), stream=bool(getattr(llm, "stream", False)),
-            source=SOURCE, provider=str(getattr(llm, "provider", "") or ""))
+            session, request, source=SOURCE, provider=str(getattr(llm, "provider", "") or ""))
     except IronCageError as exc:
         raise as_hook_abort(exc) from None
     except Exception as exc:
@@ -190,6 +193,10 @@ def _begin(session: Session, llm: Any, messages: Any) -> LlmCall:
             if new is not original and isinstance(original, dict):
                 original["content"] = new.get("content")
     return call
+
+
+def _content_only(path: tuple[str | int, ...]) -> bool:
+    return len(path) >= 3 and path[0] == "messages" and path[2] == "content"
 
 
 def _unredactable(call: LlmCall) -> None:

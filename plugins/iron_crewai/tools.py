@@ -13,9 +13,8 @@ from typing import Any
 from iron_crewai import llm
 from iron_crewai.errors import as_hook_abort
 from iron_crewai.llm import SOURCE
-from iron_sdk.call import ToolCall
 from iron_sdk.errors import IronCageError, RuntimeUnavailableError
-from iron_sdk.session import Session, active_session
+from iron_sdk.integration import Session, ToolCall, active_session
 
 _open: dict[int, ToolCall] = {}  # id(tool_input) → the tool call in progress
 

@@ -43,9 +43,16 @@ from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResu
 from langchain_core.tracers.context import register_configure_hook
 
 from iron_langchain.convert import GOVERNED_TYPE, SOURCE, MessageMeter, to_dicts
-from iron_sdk.call import LlmCall, ToolCall, usage_from_openai
-from iron_sdk.guard import is_outer_governed
-from iron_sdk.session import Session, active_session
+from iron_sdk.integration import (
+    LlmCall,
+    LlmRequest,
+    Session,
+    ToolCall,
+    active_session,
+    is_outer_governed,
+    read_request,
+    usage_from_openai,
+)
 
 REDACT_HINT = ("Wrap the model with iron_langchain.governed(model) (agents: "
                "middleware=[IronMiddleware()]) to send it redacted.")
@@ -139,7 +146,7 @@ class IronCallbackHandler(BaseCallbackHandler):
         if session is active_session() and _client_governed(serialized):
             return  # the openai-client plugin governs this request at the client
         self._begin(session, run_id, serialized, to_dicts(messages[0]), metadata, params,
-                    kind="chat", batch_size=kwargs.get("batch_size") or 1)
+                    batch_size=kwargs.get("batch_size") or 1)
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID,
                      metadata: dict[str, Any] | None = None,
@@ -147,25 +154,35 @@ class IronCallbackHandler(BaseCallbackHandler):
         session = self.session
         if session is None or is_outer_governed():
             return
-        self._begin(session, run_id, serialized, [{"role": "user", "content": prompts[0]}],
-                    metadata, invocation_params or {}, kind="completion",
-                    batch_size=kwargs.get("batch_size") or 1)
+        if session is active_session() and _client_governed(serialized):
+            return  # the openai-client plugin governs (and redacts) this request
+        self._begin(session, run_id, serialized, prompts[0], metadata,
+                    invocation_params or {}, batch_size=kwargs.get("batch_size") or 1)
 
     def _begin(self, session: Session, run_id: UUID, serialized: dict[str, Any],
-               messages: list[dict[str, Any]], metadata: dict[str, Any] | None,
-               params: dict[str, Any], *, kind: str, batch_size: int) -> None:
+               messages: list[dict[str, Any]] | str, metadata: dict[str, Any] | None,
+               params: dict[str, Any], *, batch_size: int) -> None:
         meta = metadata or {}
-        model = (meta.get("ls_model_name") or params.get("model") or params.get("model_name")
-                 or (serialized.get("id") or ["unknown"])[-1])  # unpriced → refused
+        model = str(meta.get("ls_model_name") or params.get("model")
+                    or params.get("model_name")
+                    or (serialized.get("id") or ["unknown"])[-1])  # unpriced → refused
         max_tokens = (meta.get("ls_max_tokens") or params.get("max_tokens")
                       or params.get("max_completion_tokens"))
+        stream = bool(params.get("stream"))
         try:
+            if isinstance(messages, str):  # a legacy LLM's prompt
+                body: dict[str, Any] = {"model": model, "prompt": messages}
+                if max_tokens:
+                    body["max_tokens"] = max_tokens
+                request = read_request("completion", body)
+                request.stream = stream
+            else:
+                request = LlmRequest.chat(model, messages, max_tokens=max_tokens,
+                                          stream=stream)
             call = session.runtime.begin_call(
-                session, model=str(model), messages=messages, max_tokens=max_tokens,
-                stream=bool(params.get("stream")), kind=kind, source=SOURCE,
-                provider=meta.get("ls_provider") or "",
+                session, request, source=SOURCE, provider=meta.get("ls_provider") or "",
                 # A callback cannot rewrite the prompt: what would be redacted is blocked.
-                metadata={"can_redact": False, "redact_hint": REDACT_HINT})
+                can_redact=False, redact_hint=REDACT_HINT)
         except BaseException as exc:
             if batch_size > 1:
                 self._abort_batch(exc)
@@ -231,9 +248,8 @@ def _meter(call: LlmCall, response: LLMResult | None) -> MessageMeter:
             meter.add(message)
         else:
             meter.add_text(gen.text)
-    if generations:
-        call.stream = call.stream or isinstance(generations[0],
-                                                ChatGenerationChunk | GenerationChunk)
+    if generations and isinstance(generations[0], ChatGenerationChunk | GenerationChunk):
+        call.request.stream = True
     message = getattr(generations[0], "message", None) if generations else None
     token_usage = (response.llm_output or {}).get("token_usage") if response else None
     if getattr(message, "usage_metadata", None) is None and isinstance(token_usage, dict):
@@ -252,8 +268,8 @@ _client_governed_ids: dict[tuple[str, ...], bool] = {}
 
 
 def _client_governed(serialized: dict[str, Any]) -> bool:
-    """True for runs of a ``BaseChatOpenAI`` subclass, recognised by the class id LangChain
-    serializes the model under (cached per class)."""
+    """True for runs of a model built on the openai client, recognised by the class id
+    LangChain serializes the model under (cached per class)."""
     ident = tuple(serialized.get("id") or ())
     known = _client_governed_ids.get(ident)
     if known is None:
@@ -264,12 +280,13 @@ def _client_governed(serialized: dict[str, Any]) -> bool:
 
 
 def _openai_chat_ids() -> set[tuple[str, ...]]:
-    """Every id LangChain may serialize a ``BaseChatOpenAI`` subclass under."""
-    base = sys.modules.get("langchain_openai.chat_models.base")
-    if base is None:
-        return set()
+    """Every id LangChain may serialize a model built on the openai client under
+    (``BaseChatOpenAI`` and the legacy ``BaseOpenAI`` subclasses)."""
+    chat = sys.modules.get("langchain_openai.chat_models.base")
+    legacy = sys.modules.get("langchain_openai.llms.base")
+    todo: list[type] = [m for m in (getattr(chat, "BaseChatOpenAI", None),
+                                    getattr(legacy, "BaseOpenAI", None)) if m is not None]
     ids: set[tuple[str, ...]] = set()
-    todo: list[type] = [base.BaseChatOpenAI]
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())

@@ -16,11 +16,10 @@ from langchain_core.messages import BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.runnables import Runnable, RunnableBinding
 
-from iron_sdk.call import LlmCall, Usage
-from iron_sdk.guard import StreamMeter
+from iron_sdk.integration import LlmCall, LlmRequest, Meter, Usage
 
 if TYPE_CHECKING:
-    from iron_sdk.session import Session
+    from iron_sdk.integration import Session
 
 SOURCE = "langchain"
 # ``_llm_type`` of IronChatModel: its own runs are governed by the wrapper, not the handler.
@@ -63,11 +62,16 @@ def begin(session: Session, messages: list[BaseMessage], params: dict[str, Any],
           stream: bool) -> tuple[LlmCall, list[BaseMessage]]:
     """Run the request policies on LangChain messages (raises the typed error to refuse);
     return the call and the messages to send — redacted where the policy redacts."""
-    call = session.runtime.begin_call(
-        session, model=params["model"], messages=to_dicts(messages),
-        max_tokens=params.get("max_tokens"), stream=stream, source=SOURCE,
-        provider=params.get("provider") or "")
+    request = LlmRequest.chat(params["model"], to_dicts(messages),
+                              max_tokens=params.get("max_tokens"), stream=stream)
+    request.writable = _content_only  # redactions are mapped back per message content
+    call = session.runtime.begin_call(session, request, source=SOURCE,
+                                      provider=params.get("provider") or "")
     return call, redacted(messages, call.messages)
+
+
+def _content_only(path: tuple[str | int, ...]) -> bool:
+    return len(path) >= 3 and path[0] == "messages" and path[2] == "content"
 
 
 def model_params(ls: dict[str, Any], fallback: str) -> dict[str, Any]:
@@ -116,12 +120,12 @@ def usage_of(meta: UsageMetadata) -> Usage:
 class MessageMeter:
     """Settles one governed call from what LangChain returned: the summed
     ``usage_metadata`` when the provider reported usage, else the text counted (by
-    :class:`~iron_sdk.guard.StreamMeter`, which also bills abandoned streams)."""
+    :class:`~iron_sdk.meter.Meter`, which also bills abandoned streams)."""
 
     __slots__ = ("meter", "_usage")
 
     def __init__(self, call: LlmCall) -> None:
-        self.meter = StreamMeter(call)
+        self.meter = Meter(call)
         self._usage: UsageMetadata | None = None
 
     def add(self, message: Any) -> None:

@@ -21,8 +21,7 @@ from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResp
 from langchain_core.messages import AIMessage
 
 from iron_langchain.convert import MessageMeter, begin, ls_params, model_params
-from iron_sdk.guard import is_outer_governed, outer_governed
-from iron_sdk.session import Session, active_session
+from iron_sdk.integration import Session, active_session, is_outer_governed, outer_governed
 
 
 class IronMiddleware(AgentMiddleware):

@@ -42,8 +42,7 @@ from iron_langchain.convert import (
     model_params,
     unwrap,
 )
-from iron_sdk.guard import is_outer_governed, outer_governed
-from iron_sdk.session import Session, active_session
+from iron_sdk.integration import Session, active_session, is_outer_governed, outer_governed
 
 _END = object()
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from iron_sdk.hookspecs import hookimpl
-from iron_sdk.session import Session
+from iron_sdk.integration import Session, hookimpl
 
 
 @hookimpl

@@ -10,7 +10,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from iron_litellm import sdk
 from iron_sdk.config import BudgetConfig, ReliabilityConfig, SafetyConfig
-from iron_sdk.session import Session
+from iron_sdk.integration import Session
 
 
 class IronLiteLLM(CustomLogger):
@@ -71,3 +71,19 @@ class IronLiteLLM(CustomLogger):
 
     def __repr__(self) -> str:
         return f"IronLiteLLM(agent_id={self.agent_id!r})"
+
+
+def activate() -> None:
+    """What the entry point does inside a protected function: wrap litellm's entry
+    points, and make sure an :class:`IronLiteLLM` is in ``litellm.callbacks``."""
+    import litellm
+
+    sdk.instrument()
+    if any(isinstance(cb, IronLiteLLM) for cb in litellm.callbacks):
+        return
+    with _lock:
+        if not any(isinstance(cb, IronLiteLLM) for cb in litellm.callbacks):
+            litellm.callbacks.append(IronLiteLLM())
+
+
+_lock = threading.Lock()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import sys
 
-from iron_sdk.hookspecs import hookimpl
-from iron_sdk.session import Session
+from iron_sdk.integration import Session, hookimpl
 
 
 @hookimpl
 def iron_session_start(session: Session) -> None:
     # Checked per session (a dict lookup) so importing iron_sdk never imports litellm.
     if "litellm" in sys.modules:
-        from iron_litellm.sdk import activate
+        # litellm first: another thread may still be importing it (the router preloads
+        # it), and its submodules must not be locked before the package is.
+        import litellm  # noqa: F401
+
+        from iron_litellm.callback import activate
 
         activate()

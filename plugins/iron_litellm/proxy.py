@@ -39,14 +39,16 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
-from iron_litellm.sdk import _choice_text, _plain
-from iron_sdk.call import LlmCall, Usage, field_of, usage_from_openai
-from iron_sdk.config import BudgetConfig
 from iron_sdk.errors import IronCageError, RuntimeUnavailableError
-from iron_sdk.events import make_event
-from iron_sdk.guard import StreamMeter
-from iron_sdk.session import Session
-from iron_sdk.tokens import count_text
+from iron_sdk.integration import (
+    LlmCall,
+    LlmRequest,
+    Meter,
+    Session,
+    ask_for_usage,
+    make_event,
+    read_request,
+)
 
 log = logging.getLogger("iron_sdk.litellm_proxy")
 IC_TOKEN_HEADER = "x-iron-ic-token"
@@ -79,7 +81,7 @@ class IronProxyHandler(CustomLogger):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pending: dict[str, tuple[LlmCall, bool]] = {}  # litellm_call_id → call
+        self._pending: dict[str, Meter] = {}  # litellm_call_id → the call's meter
 
     @property
     def runtime(self) -> Any:
@@ -90,7 +92,7 @@ class IronProxyHandler(CustomLogger):
     # -- before the request ------------------------------------------------------------
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict,
                                   call_type: Any) -> dict:
-        request = _Request.of(call_type, data)
+        request = _request_of(call_type, data)
         if request is None:
             if call_type in UNGOVERNED_LLM_CALL_TYPES:
                 self._ungoverned(call_type, data)
@@ -105,25 +107,18 @@ class IronProxyHandler(CustomLogger):
             raise IronProxyError(RuntimeUnavailableError(
                 f"iron-sdk governance failed ({type(exc).__name__}); "
                 "the request was not sent.")) from None
-        request.write_back(data, call.messages)
-        hide_usage = False
-        if call.stream:
-            options = data.get("stream_options") or {}
-            hide_usage = not options.get("include_usage")
-            data["stream_options"] = {**options, "include_usage": True}
-        self._pending[str(data.get("litellm_call_id") or call.call_id)] = (call, hide_usage)
+        meter = Meter(call, hide_usage=ask_for_usage(call.request))
+        _write_back(data, call.request)
+        self._pending[str(data.get("litellm_call_id") or call.call_id)] = meter
         data.setdefault("litellm_call_id", call.call_id)
         return data
 
-    def _begin(self, key: Any, data: dict, request: _Request) -> LlmCall:
+    def _begin(self, key: Any, data: dict, request: LlmRequest) -> LlmCall:
         session = self._open(key, data)
         try:
             return session.runtime.begin_call(
-                session, model=_deployment_model(str(data.get("model") or "")),
-                messages=request.messages, kind=request.kind,
-                max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
-                stream=bool(data.get("stream")), source="litellm-proxy",
-                metadata={"tools": data["tools"]} if data.get("tools") else None)
+                session, request, model=_deployment_model(str(data.get("model") or "")),
+                source="litellm-proxy")
         except BaseException as exc:
             session.runtime.close_session(session, exc)
             raise
@@ -141,59 +136,46 @@ class IronProxyHandler(CustomLogger):
         scopes = tuple(f"{kind}:{value}" for kind, value in (
             ("team", getattr(key, "team_id", None)), ("user", getattr(key, "user_id", None)),
             ("end_user", getattr(key, "end_user_id", None))) if value)
-        config = getattr(runtime, "config", None)
-        budget = getattr(config, "budget", None) or BudgetConfig()
-        if scopes:
-            budget = budget.model_copy(update={"scopes": (*budget.scopes, *scopes)})
-        return runtime.open_session(_agent_for(key), budget=budget)
+        return runtime.open_session(_agent_for(key), scopes=scopes)
 
     # -- after it ----------------------------------------------------------------------
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any,
                                            response: Any) -> Any:
-        pending = self._pop(data)
-        if pending is None:
+        meter = self._pop(data)
+        if meter is None:
             return response
-        call = pending[0]
-        if call.stream and not hasattr(response, "choices"):
-            self._pending[str(data.get("litellm_call_id"))] = pending  # the stream settles
+        if meter.call.stream and not hasattr(response, "choices"):
+            self._pending[str(data.get("litellm_call_id"))] = meter  # the stream settles
             return response
-        usage = usage_from_openai(field_of(response, "usage"))
-        if usage is None or not (usage.input_tokens or usage.output_tokens):
-            text = "".join(_choice_text(c) for c in getattr(response, "choices", None) or ())
-            usage = Usage(input_tokens=call.input_tokens_est,
-                          output_tokens=count_text(call.model, text), counted=True)
-        self._end(call, functools.partial(call.session.runtime.settle_call, call, usage))
+        self._end(meter.call, functools.partial(meter.settle, response))
         return response
 
     async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
                                            user_api_key_dict: Any,
                                            traceback_str: str | None = None) -> None:
-        pending = self._pop(request_data)
-        if pending is not None:
-            call = pending[0]
-            fail = functools.partial(call.session.runtime.fail_call, call, original_exception)
-            self._end(call, fail, original_exception)
+        meter = self._pop(request_data)
+        if meter is not None:
+            self._end(meter.call, functools.partial(meter.fail, original_exception),
+                      original_exception)
 
     async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any,
                                                       response: Any, request_data: dict
                                                       ) -> AsyncGenerator[Any, None]:
-        pending = self._pop(request_data)
-        if pending is None:
+        meter = self._pop(request_data)
+        if meter is None:
             async for chunk in response:
                 yield chunk
             return
-        call, hide_usage = pending
-        meter = StreamMeter(call)
         try:
             async for chunk in response:
-                if meter.observe(chunk) or not hide_usage:
+                if meter.observe(chunk):
                     yield chunk
         except BaseException as exc:  # provider failed mid-stream, or the client left
-            self._end(call, functools.partial(meter.fail, exc), exc)
+            self._end(meter.call, functools.partial(meter.fail, exc), exc)
             raise
-        self._end(call, meter.finish)
+        self._end(meter.call, meter.finish)
 
-    def _pop(self, data: dict) -> tuple[LlmCall, bool] | None:
+    def _pop(self, data: dict) -> Meter | None:
         return self._pending.pop(str(data.get("litellm_call_id")), None)
 
     @staticmethod
@@ -204,43 +186,37 @@ class IronProxyHandler(CustomLogger):
             call.session.runtime.close_session(call.session, error)
 
 
-class _Request:
-    """The text of one proxied request as chat messages, and the way back into it."""
+# Keys the proxy adds to a request's data for itself: never sent to the provider.
+_PROXY_KEYS = frozenset({"metadata", "litellm_metadata", "proxy_server_request",
+                         "secret_fields", "litellm_call_id", "litellm_logging_obj",
+                         "user_api_key_dict", "litellm_parent_otel_span"})
 
-    __slots__ = ("kind", "messages", "field", "shape")
 
-    def __init__(self, kind: str, messages: list[dict[str, Any]], field: str,
-                 shape: Any) -> None:
-        self.kind, self.messages, self.field, self.shape = kind, messages, field, shape
+def _request_of(call_type: Any, data: dict) -> LlmRequest | None:
+    """The request a proxied call sends (the proxy's own bookkeeping left out)."""
+    if call_type in CHAT_CALL_TYPES and isinstance(data.get("messages"), list):
+        kind = "chat"
+    elif call_type in TEXT_CALL_TYPES and "prompt" in data:
+        kind = "completion"
+    elif call_type in EMBEDDING_CALL_TYPES and "input" in data:
+        kind = "embedding"
+    else:
+        return None
+    view = {k: v for k, v in data.items() if k not in _PROXY_KEYS}
+    return read_request(kind, view)
 
-    @classmethod
-    def of(cls, call_type: Any, data: dict) -> _Request | None:
-        if call_type in CHAT_CALL_TYPES and isinstance(data.get("messages"), list):
-            return cls("chat", [_plain(m) for m in data["messages"]], "messages", None)
-        field = ("prompt" if call_type in TEXT_CALL_TYPES
-                 else "input" if call_type in EMBEDDING_CALL_TYPES else None)
-        if field is None or field not in data:
-            return None
-        raw = data[field]
-        items = raw if isinstance(raw, list) else [raw]
-        texts = [{"role": "user", "content": t} for t in items if isinstance(t, str)]
-        return cls("completion" if field == "prompt" else "embedding", texts, field, raw)
 
-    def write_back(self, data: dict, messages: list[dict[str, Any]]) -> None:
-        """Put the (possibly redacted) text where the request carries it, and in the
-        body copy logging callbacks receive."""
-        if self.field == "messages":
-            value: Any = messages
-        else:
-            redacted = iter(m["content"] for m in messages)
-            if isinstance(self.shape, list):
-                value = [next(redacted) if isinstance(t, str) else t for t in self.shape]
-            else:
-                value = next(redacted) if isinstance(self.shape, str) else self.shape
-        data[self.field] = value
-        body = (data.get("proxy_server_request") or {}).get("body")
-        if isinstance(body, dict) and self.field in body:
-            body[self.field] = value
+def _write_back(data: dict, request: LlmRequest) -> None:
+    """Put what the policies changed (redactions, the usage request of a stream) into
+    the proxy's data, and into the body copy logging callbacks receive."""
+    if not request.changed:
+        return
+    body = (data.get("proxy_server_request") or {}).get("body")
+    for key, value in request.body.items():
+        if data.get(key) is not value:
+            data[key] = value
+            if isinstance(body, dict) and key in body and key != "stream_options":
+                body[key] = value
 
 
 def _ic_token(data: dict) -> str | None:

@@ -33,10 +33,16 @@ from typing import Any
 
 import litellm
 
-from iron_sdk.call import LlmCall, Usage, field_of, usage_from_openai
-from iron_sdk.guard import MeteredStream, StreamMeter, is_outer_governed, outer_governed
-from iron_sdk.session import Session, active_session
-from iron_sdk.tokens import count_text
+from iron_sdk.integration import (
+    Meter,
+    Session,
+    Usage,
+    active_session,
+    begin,
+    deliver,
+    is_outer_governed,
+    outer_governed,
+)
 
 _lock = threading.Lock()
 _originals: dict[str, Callable[..., Any]] = {}  # public name → litellm's own function
@@ -70,19 +76,6 @@ def uninstrument() -> None:
         _originals.clear()
 
 
-def activate() -> None:
-    """What the entry point does inside a protected function: wrap, and make sure an
-    :class:`~iron_litellm.callback.IronLiteLLM` is in ``litellm.callbacks``."""
-    from iron_litellm.callback import IronLiteLLM
-
-    instrument()
-    if any(isinstance(cb, IronLiteLLM) for cb in litellm.callbacks):
-        return
-    with _lock:
-        if not any(isinstance(cb, IronLiteLLM) for cb in litellm.callbacks):
-            litellm.callbacks.append(IronLiteLLM())
-
-
 def _rebind(old: object, new: object) -> None:
     """Point module-level names bound to ``old`` (``from litellm import completion``) at
     ``new``. litellm's own modules keep their references: they are internal callers."""
@@ -113,11 +106,9 @@ def _session(kwargs: dict[str, Any]) -> Session | None:
     session = active_session()
     if session is not None or not _explicit:
         return session
-    from iron_litellm.callback import IronLiteLLM
-
     for cb in (*(kwargs.get("callbacks") or ()), *litellm.callbacks):
-        if isinstance(cb, IronLiteLLM) and cb.has_identity:
-            return cb.session()
+        if getattr(cb, "has_identity", False) is True:
+            return cb.session()  # an IronLiteLLM with its own agent identity
     return None
 
 
@@ -138,55 +129,20 @@ def _kwargs(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
     return {**bound.arguments, **extra}
 
 
-def _plain(message: Any) -> Any:
-    """litellm ``Message`` objects (a reply appended to the history) as dicts."""
-    if isinstance(message, dict) or not hasattr(message, "model_dump"):
-        return message
-    return message.model_dump(exclude_none=True)
+def _begin(session: Session, kwargs: dict[str, Any]) -> Meter:
+    """Run the request policies; ``kwargs`` become what may leave (redacted)."""
+    governed = begin("chat", kwargs, source="litellm", session=session)
+    assert governed is not None  # the session was checked by the caller
+    return governed[1]
 
 
-def _begin(session: Session, kwargs: dict[str, Any]) -> LlmCall:
-    """Run the request policies; rewrite ``kwargs`` with what may leave (redacted)."""
-    messages = kwargs.get("messages")
-    if isinstance(messages, list):
-        messages = [_plain(m) for m in messages]
-    tools = kwargs.get("tools")
-    stream = bool(kwargs.get("stream"))
-    call = session.runtime.begin_call(
-        session, model=kwargs.get("model"), messages=messages,
-        max_tokens=kwargs.get("max_completion_tokens") or kwargs.get("max_tokens"),
-        stream=stream, source="litellm", metadata={"tools": tools} if tools else None)
-    kwargs["messages"] = call.messages
-    if stream:  # ask for the usage chunk so streams are charged what the provider reports
-        options = kwargs.get("stream_options") or {}
-        call.metadata["hide_usage"] = not options.get("include_usage")
-        kwargs["stream_options"] = {**options, "include_usage": True}
-    return call
-
-
-def _finish(call: LlmCall, result: Any) -> Any:
+def _finish(meter: Meter, result: Any) -> Any:
     """Settle a plain reply, or hand back a stream that settles when it ends."""
-    if call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
-        return MeteredStream(result, StreamMeter(call), call.metadata["hide_usage"])
-    runtime = call.session.runtime
     hidden = getattr(result, "_hidden_params", None) or {}
-    if hidden.get("cache_hit"):  # answered from litellm's cache: no provider request
-        runtime.settle_call(call, Usage())
+    if hidden.get("cache_hit") and not meter.call.stream:
+        meter.record(Usage())  # answered from litellm's cache: no provider request
         return result
-    usage = usage_from_openai(field_of(result, "usage"))
-    if usage is None or not (usage.input_tokens or usage.output_tokens):
-        text = "".join(_choice_text(c) for c in getattr(result, "choices", None) or ())
-        usage = Usage(input_tokens=call.input_tokens_est,
-                      output_tokens=count_text(call.model, text), counted=True)
-    runtime.settle_call(call, usage)
-    return result
-
-
-def _choice_text(choice: Any) -> str:
-    """A reply choice's text: chat (``message.content``) or text completion (``text``)."""
-    message = getattr(choice, "message", None)
-    text = getattr(message, "content", None) if message is not None else None
-    return (text if isinstance(text, str) else getattr(choice, "text", None)) or ""
+    return deliver(meter, result)
 
 
 def _wrap_sync(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -199,14 +155,14 @@ def _wrap_sync(original: Callable[..., Any]) -> Callable[..., Any]:
         if session is None:
             return original(*args, **kwargs)
         kwargs = _kwargs(original, args, kwargs)
-        call = _begin(session, kwargs)
+        meter = _begin(session, kwargs)
         try:
             with outer_governed():
                 result = original(**kwargs)
         except BaseException as exc:
-            session.runtime.fail_call(call, exc)
+            session.runtime.fail_call(meter.call, exc)
             raise
-        return _finish(call, result)
+        return _finish(meter, result)
     completion.__iron_governed__ = True  # type: ignore[attr-defined]
     return completion
 
@@ -218,13 +174,13 @@ def _wrap_async(original: Callable[..., Any]) -> Callable[..., Any]:
         if session is None:
             return await original(*args, **kwargs)
         kwargs = _kwargs(original, args, kwargs)
-        call = _begin(session, kwargs)
+        meter = _begin(session, kwargs)
         try:
             with outer_governed():
                 result = await original(**kwargs)
         except BaseException as exc:
-            session.runtime.fail_call(call, exc)
+            session.runtime.fail_call(meter.call, exc)
             raise
-        return _finish(call, result)
+        return _finish(meter, result)
     acompletion.__iron_governed__ = True  # type: ignore[attr-defined]
     return acompletion

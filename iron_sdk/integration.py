@@ -1,0 +1,132 @@
+"""The API for integration authors: everything a framework plugin needs, in one module.
+
+Our own plugins (openai, anthropic, LangChain, CrewAI, LiteLLM) import only this module
+and the public ``iron_sdk`` names; a user's plugin is a peer of ours. A plugin
+translates its framework's objects into a request (:func:`read_request`) and a response
+(:class:`Meter`) and does nothing else: the pipeline decides, redacts and charges.
+
+The usual shape, for a client method that sends ``**kwargs`` as the request::
+
+    patches = Patches()
+
+    def govern(original):
+        def governed(self, *args, **kwargs):
+            governed_call = begin("chat", kwargs, source="myclient")
+            if governed_call is None:                  # no session, or governed outside
+                return original(self, *args, **kwargs)
+            call, meter = governed_call
+            try:
+                result = original(self, *args, **call.request.body)
+            except BaseException as exc:
+                call.session.runtime.fail_call(call, exc)
+                raise
+            return deliver(meter, result)              # settles, or meters the stream
+        return governed
+
+    patches.patch(MyClient, "create", govern)          # idempotent; patches.undo()
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from iron_sdk.call import LlmCall, ToolCall, Usage, field_of, usage_from_openai
+from iron_sdk.events import Event, call_event, make_event
+from iron_sdk.guard import is_outer_governed, outer_governed
+from iron_sdk.hookspecs import hookimpl
+from iron_sdk.meter import (
+    Meter,
+    MeteredStream,
+    Protocol,
+    ask_for_usage,
+    response_text,
+    settle_reserved,
+    settle_response,
+    settle_text,
+    usage_from_anthropic,
+)
+from iron_sdk.request import LlmRequest, Media, Text, Writable, read_request
+from iron_sdk.session import Session, active_session
+
+__all__ = [
+    "Event", "LlmCall", "LlmRequest", "Media", "Meter", "MeteredStream", "Patches",
+    "Protocol", "Session", "Text", "ToolCall", "Usage", "Writable", "active_session",
+    "ask_for_usage", "begin", "call_event", "deliver", "field_of", "hookimpl",
+    "is_outer_governed", "make_event", "outer_governed", "read_request", "response_text",
+    "settle_reserved", "settle_response", "settle_text", "usage_from_anthropic",
+    "usage_from_openai",
+]
+
+
+def begin(kind: str, body: dict[str, Any], *, source: str, model: str | None = None,
+          provider: str = "", writable: Writable | None = None,
+          protocol: Protocol | None = None,
+          session: Session | None = None) -> tuple[LlmCall, Meter] | None:
+    """Govern a request about to leave: read ``body`` (the request's fields) as ``kind``,
+    run the request policies (may raise the refusal), ask a stream for its usage.
+
+    Returns the call — send ``call.request.body``, redacted where the policy redacts —
+    and the meter that settles it; None when the request is not governed here (no
+    session is active, or an outer integration governs it).
+    """
+    session = session or active_session()
+    if session is None or is_outer_governed():
+        return None
+    request = read_request(kind, body, writable=writable)
+    call = session.runtime.begin_call(session, request, model=model, source=source,
+                                      provider=provider)
+    return call, Meter(call, hide_usage=ask_for_usage(request), protocol=protocol)
+
+
+def deliver(meter: Meter, result: Any) -> Any:
+    """The provider's result for the caller: a stream metered as it is read, or a
+    complete answer settled now (a raw-response wrapper is parsed for its usage)."""
+    if meter.call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
+        return MeteredStream(result, meter)
+    parsed = result
+    if field_of(result, "usage") is None and hasattr(result, "http_response"):
+        # openai's with_raw_response / with_streaming_response: an API response object
+        if meter.call.stream:
+            settle_reserved(meter.call)  # raw SSE lines are the caller's to read
+            meter.done = True
+            return result
+        parsed = result.parse()
+    meter.settle(parsed)
+    return result
+
+
+class Patches:
+    """Idempotent, thread-safe monkey-patching of a framework's methods or functions."""
+
+    def __init__(self) -> None:
+        self._originals: dict[tuple[Any, str], Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._originals)
+
+    def patch(self, owner: Any, name: str, wrap: Callable[[Any], Any]) -> None:
+        """Replace ``owner.name`` with ``wrap(original)`` unless already done."""
+        key = (owner, name)
+        if key in self._originals:
+            return
+        with self._lock:
+            if key in self._originals:
+                return
+            original = getattr(owner, name)
+            setattr(owner, name, wrap(original))
+            self._originals[key] = original
+
+    def original(self, owner: Any, name: str) -> Any:
+        """The function ``owner.name`` had before it was patched."""
+        return self._originals.get((owner, name), getattr(owner, name))
+
+    def undo(self) -> None:
+        """Restore every original."""
+        with self._lock:
+            for (owner, name), original in self._originals.items():
+                setattr(owner, name, original)
+            self._originals.clear()
