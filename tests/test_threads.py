@@ -306,3 +306,29 @@ def test_service_threads_started_mid_session_keep_no_session(iron_home, provider
     finally:
         set_runtime(previous)
         rt.close()
+
+
+def test_thread_pool_submit_in_http_mode(tmp_path, monkeypatch, provider, client, barrier):
+    from iron_sdk import set_runtime
+    from iron_sdk.remote import RemoteRuntime
+    from tests.router_util import RouterProcess
+
+    home = tmp_path / "iron"
+    monkeypatch.setenv("IRON_HOME", str(home))
+    monkeypatch.delenv("IRON_SECRET", raising=False)
+    monkeypatch.delenv("IRON_LEDGER", raising=False)
+    with RouterProcess(home=home) as router:
+        rt = RemoteRuntime(router.url)
+        previous = set_runtime(rt)
+        try:
+            @protect_agent(agent_id="http-pool", budget_usd=cap_usd(N))
+            def agent() -> tuple[list[str], int]:
+                with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+                    futures = [pool.submit(make_call(client, barrier)) for _ in range(WORKERS)]
+                    outcomes = [f.result() for f in futures]
+                return outcomes, current_session().calls
+
+            assert_governed(*agent(), provider)
+        finally:
+            set_runtime(previous)
+            rt.close()
