@@ -255,6 +255,21 @@ def test_generator_session_stays_out_of_the_consumers_threads(runtime):
     assert consumer == [None] * 4
 
 
+
+async def test_async_generator_session_stays_out_of_the_consumers_threads(runtime):
+    @protect_agent(agent_id="agen")
+    async def items() -> Any:
+        for i in range(2):
+            yield i, await asyncio.to_thread(active_session)
+
+    consumer: list[Any] = []
+    loop = asyncio.get_running_loop()
+    async for _, inside in items():
+        assert inside.agent_id == "agen"
+        consumer.append(await loop.run_in_executor(None, active_session))
+        consumer.append(await asyncio.to_thread(active_session))
+    assert consumer == [None] * 4
+
 def test_import_patches_nothing_and_install_is_idempotent(runtime):
     code = ("import threading, concurrent.futures as cf; start = threading.Thread.start; "
             "submit = cf.ThreadPoolExecutor.submit; import iron_sdk; "
