@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import logging
 import queue
 import threading
@@ -40,7 +41,8 @@ class Batcher(Generic[T]):
             self._pending += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name=self.name)
-                self._thread.start()
+                # An empty context: a service thread started mid-session keeps no session.
+                contextvars.Context().run(self._thread.start)
         self._queue.put(item)
 
     def flush(self) -> None:

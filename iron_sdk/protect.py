@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from iron_sdk.propagation import install as install_propagation
 from iron_sdk.session import Session, _current
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class _Protector:
     def _open(self, fn: Callable[..., Any]) -> Session:
         from iron_sdk.runtime import get_runtime  # the runtime loads on first use
 
+        install_propagation()  # threads and pool tasks started in the session run in it
         opts = self.options
         agent = opts["agent_id"] or (None if opts["ic_token"] else fn.__qualname__)
         return get_runtime().open_session(agent, **{k: v for k, v in opts.items()
