@@ -156,3 +156,155 @@ def test_unknown_kid_is_refused(iron_home: Path) -> None:
                        headers={"kid": "not-ours"})
     with pytest.raises(InvalidTokenError, match="does not have"):
         TokenVerifier(iron_home).verify(other)
+
+
+# -- strict JSON bodies --------------------------------------------------------------------
+def _request(chunks: list[bytes], headers: dict[str, str] | None = None):  # noqa: ANN202
+    """A real Starlette Request fed by an ASGI receive channel, in ``chunks``."""
+    from starlette.requests import Request
+
+    pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+               for i, c in enumerate(chunks)] or [{"type": "http.request", "body": b""}]
+
+    async def receive() -> dict[str, object]:
+        return pending.pop(0)
+
+    raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": raw_headers,
+                    "query_string": b""}, receive)
+
+
+CHAT = {"model": "gpt-4o-mini", "temperature": 0.2, "max_tokens": 64, "stream": False,
+        "messages": [{"role": "system", "content": "You are terse. " * 20},
+                     {"role": "user", "content": "Summarise: " + "lorem ipsum dolor " * 80}]}
+
+
+def test_parse_json_accepts_normal_bodies() -> None:
+    from iron_router.bodies import parse_json
+
+    raw = json.dumps(CHAT).encode()
+    assert parse_json(raw) == CHAT
+    emoji = b'{"m": "\\ud83d\\ude00 caf\\u00e9", "k": [1.5, -2, true, null]}'
+    assert parse_json(emoji)["m"] == "\U0001F600 café"
+    history = {"messages": [{"role": "user", "content": str(i)} for i in range(500)]}
+    assert parse_json(json.dumps(history).encode()) == history  # many brackets, shallow
+    nested = "[" * 63 + "]" * 63
+    assert parse_json(f'{{"a": {nested}}}'.encode())["a"]  # depth 64 exactly
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"", "empty"),
+    (b"[1, 2]", "JSON object"),
+    (b'"text"', "JSON object"),
+    (b"null", "JSON object"),
+    (b'{"a": 1', "not valid JSON"),
+    (b'{"a": NaN}', "NaN"),
+    (b'{"a": -Infinity}', "Infinity"),
+    (b'{"budget_usd": 1e309}', "too large"),
+    (b'{"a": "\\ud800"}', "lone surrogate"),
+    (b'{"\\udfff": 1}', "lone surrogate"),
+    (b'{"a": [{"b": ["x\\uDBFFy"]}]}', "lone surrogate"),
+    (b'{"a": "\xff\xfe"}', "UTF-8"),
+    (b'{"a": "\xed\xa0\x80"}', "UTF-8"),  # a surrogate encoded as UTF-8 bytes
+    (b'\xef\xbb\xbf{"a": 1}', "not valid JSON"),  # BOM
+    (b'{"a": ' + b"1" * 5000 + b"}", "not valid JSON"),  # past int's digit limit
+    (b'{"a": ' + b"[" * 64 + b"]" * 64 + b"}", "deeper than 64"),
+    (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "deeper than 64"),
+    (b'{"a": ' + b'{"b":' * 5000 + b"1" + b"}" * 5000 + b"}", "deeper than 64"),
+])
+def test_parse_json_refuses_with_a_400(raw: bytes, message: str) -> None:
+    from iron_router.bodies import InvalidBodyError, parse_json
+
+    with pytest.raises(InvalidBodyError, match=message) as info:
+        parse_json(raw)
+    assert info.value.status == 400 and info.value.to_body()["error"]["code"] == "invalid_request"
+
+
+async def test_read_json_limits_size_while_streaming() -> None:
+    from iron_router.bodies import PayloadTooLargeError, read_json
+
+    raw = json.dumps(CHAT).encode()
+    request = _request([raw[:100], raw[100:]])
+    assert await read_json(request, 10_000) == CHAT
+    assert await request.body() == raw  # the handler can still forward the bytes
+    with pytest.raises(PayloadTooLargeError) as info:  # no Content-Length: counted
+        await read_json(_request([b"x" * 600, b"x" * 600]), 1000)
+    assert info.value.status == 413 and info.value.code == "payload_too_large"
+    with pytest.raises(PayloadTooLargeError):  # a lying Content-Length does not help
+        await read_json(_request([b"{" * 2000], {"content-length": "2"}), 1000)
+    with pytest.raises(PayloadTooLargeError, match="5000 bytes"):
+        await read_json(_request([b"{}"], {"content-length": "5000"}), 1000)
+    assert await read_json(_request([]), 1000, optional=True) == {}
+
+
+async def test_read_json_parses_large_bodies_off_the_loop() -> None:
+    import threading
+
+    from iron_router.bodies import InvalidBodyError, read_json
+    from iron_router.offload import Offload
+
+    threads: list[str] = []
+
+    class Spy(Offload):
+        async def run(self, func, *args):  # noqa: ANN001, ANN202
+            def spied(*a):  # noqa: ANN002, ANN202
+                threads.append(threading.current_thread().name)
+                return func(*a)
+            return await super().run(spied, *args)
+
+    offload = Spy(max_threads=2, inline_max=1024)
+    assert await read_json(_request([json.dumps(CHAT).encode()]), 1 << 20,
+                           offload=offload) == CHAT  # 2 KB > 1 KB: off the loop
+    assert threads and threads[0] != threading.current_thread().name
+    with pytest.raises(InvalidBodyError):  # the error crosses the thread
+        await read_json(_request([b'{"a": NaN' + b" " * 2000 + b"}"]), 1 << 20,
+                        offload=offload)
+    assert await read_json(_request([b'{"a": 1}']), 100, offload=offload) == {"a": 1}
+    assert len(threads) == 2  # the small one ran inline
+
+
+# -- offload -------------------------------------------------------------------------------
+async def test_offload_runs_inline_when_small_and_bounded_otherwise() -> None:
+    import threading
+
+    import anyio
+
+    from iron_router.offload import Offload
+
+    loop_thread = threading.current_thread()
+    offload = Offload(max_threads=2, inline_max=32 * 1024)
+    assert await offload.run_sized(100, threading.current_thread) is loop_thread
+    assert await offload.run_sized(33 * 1024, threading.current_thread) is not loop_thread
+    assert offload.inline(32 * 1024) and not offload.inline(32 * 1024 + 1)
+
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def work() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        release.wait(5)
+        with lock:
+            running -= 1
+
+    ticks = 0
+    async with anyio.create_task_group() as tg:
+        for _ in range(6):
+            tg.start_soon(offload.run, work)
+        for _ in range(20):  # the loop keeps running while the pool is busy
+            await anyio.sleep(0.005)
+            ticks += 1
+        release.set()
+    assert peak == 2 and ticks == 20
+
+    def boom() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        await offload.run(boom)
+    with pytest.raises(ValueError):
+        Offload(max_threads=0)
