@@ -76,3 +76,14 @@ def check_private(path: Path) -> None:
     if mode & 0o077:
         raise PermissionError(
             f"{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`.")
+
+
+HOME_FILES = ("secret", "keys.json", "ledger.db", "audit.jsonl")
+
+
+def secure_home_files(home: Path) -> None:
+    """Tighten the files iron-sdk keeps in ``home`` (keys, ledger with its WAL, audit
+    log) to 0600: for a home made by an older version, or files made under a loose
+    umask. Files elsewhere (a ledger path the operator chose) are left alone."""
+    for name in HOME_FILES:
+        secure_file(home / name)

@@ -308,3 +308,109 @@ async def test_offload_runs_inline_when_small_and_bounded_otherwise() -> None:
         await offload.run(boom)
     with pytest.raises(ValueError):
         Offload(max_threads=0)
+
+
+# -- /metrics ------------------------------------------------------------------------------
+def test_metric_labels_are_escaped_and_folded() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from iron_router.metrics import OTHER, RouterMetrics
+
+    m = RouterMetrics(max_agents=2, max_models=2, known_models=("gpt-4o-mini",))
+
+    def event(kind: str, agent: str, model: str, **extra: object) -> None:
+        m.iron_event({"type": kind, "agent_id": agent, "model": model, "cost_micro": 10,
+                      "input_tokens": 1, "output_tokens": 2, **extra})
+
+    event("call_completed", "a", "\ud800")
+    event("call_completed", "b\n\x00", "x" * 10_000)
+    event("call_completed", "c", "m3")  # past both limits
+    event("call_blocked", "a", "made-up", reason="unknown_model_price")
+    event("call_completed", "a", "gpt-4o-mini", cost_micro=-5, input_tokens=10**400)
+    m.request("/v1/chat/completions", 400, "a", "never-governed", 0.01)
+    text = m.render().decode()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    agents = {s.labels["agent"] for s in samples if "agent" in s.labels}
+    models = {s.labels["model"] for s in samples if "model" in s.labels}
+    assert agents == {"a", "b\\n\\x00", OTHER}
+    assert models == {"\\ud800", "x" * 120, "gpt-4o-mini", OTHER}
+    assert "made-up" not in text and "never-governed" not in text
+
+
+def test_router_metrics_survive_hostile_model_names(tmp_path: Path, provider) -> None:  # noqa: ANN001
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.router_util import RouterProcess
+
+    home = tmp_path / "iron"
+    token = issue_token(home, "bot")
+    env = {"OPENAI_BASE_URL": provider.url, "OPENAI_API_KEY": "sk-standin-0123456789"}
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    msg = '"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5'
+    with RouterProcess(home=home, env=env) as router, httpx.Client(
+            base_url=router.url, headers=headers, timeout=30) as http:
+        assert mode(home) == 0o700
+        assert mode(home / "ledger.db") == 0o600 and mode(home / "secret") == 0o600
+        ok = http.post("/v1/chat/completions", content=f'{{"model": "gpt-4o-mini", {msg}}}')
+        assert ok.status_code == 200
+        for body in (f'{{"model": "\\ud800", {msg}}}', f'{{"model": "a\\u0000\\n\\"b", {msg}}}',
+                     f'{{"model": "{"y" * 100_000}", {msg}}}'):
+            http.post("/v1/chat/completions", content=body)  # the handler's answer aside,
+            assert http.get("/metrics").status_code == 200  # the scrape survives it
+        for i in range(1500):
+            r = http.post("/v1/chat/completions",
+                          content=f'{{"model": "made-up-model-{i:05d}", {msg}}}')
+            assert r.status_code < 500
+        scrape = http.get("/metrics")
+        assert scrape.status_code == 200
+        assert len(scrape.content) < 200_000, len(scrape.content)
+        samples = [s for f in text_string_to_metric_families(scrape.text) for s in f.samples]
+        models = {s.labels.get("model") for s in samples}
+        assert "gpt-4o-mini" in models and len(models) < 10
+        assert http.get("/metrics").status_code == 200  # and again
+
+
+# -- Host check ----------------------------------------------------------------------------
+def test_host_names() -> None:
+    from iron_router.app import host_name, is_loopback_host
+
+    for value in ("localhost", "LOCALHOST:8080", "127.0.0.1:1", "127.8.9.10", "[::1]:8080",
+                  "[::1]", "::1", "localhost.", "app.localhost:3000", "[::ffff:127.0.0.1]:80"):
+        assert is_loopback_host(host_name(value)), value
+    for value in ("evil.example:8080", "127.0.0.1.evil.example", "0.0.0.0:8080", "10.0.0.1",
+                  "[::2]:80", "localhost.evil.example", "", "null"):
+        assert not is_loopback_host(host_name(value)), value
+
+
+def test_dns_rebinding_gets_421(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.router_util import RouterProcess
+
+    with RouterProcess(home=tmp_path / "iron",
+                       config={"iron": {"allowed_hosts": ["router.internal"]}}) as router:
+        def get(host: str | None = None, **headers: str) -> httpx.Response:
+            if host:
+                headers["host"] = host
+            return httpx.get(router.url + "/healthz", headers=headers, timeout=10)
+
+        evil = get("evil.example:8080")
+        assert evil.status_code == 421
+        assert evil.json()["error"]["code"] == "misdirected_request"
+        post = httpx.post(router.url + "/v1/chat/completions", timeout=10, json={},
+                          headers={"host": "evil.example:8080"})
+        assert post.status_code == 421
+        for host in (f"localhost:{router.port}", f"[::1]:{router.port}", "127.0.0.2",
+                     "ROUTER.internal:8080"):
+            assert get(host).status_code == 200, host
+        page = get(origin="http://evil.example")
+        assert page.status_code == 403
+        assert page.json()["error"]["code"] == "cross_origin_request"
+        assert get(origin="http://localhost:3000").status_code == 200
+        assert "421" in router.stderr  # logged and counted like any request
+
+    with RouterProcess(home=tmp_path / "iron2",
+                       config={"iron": {"allowed_hosts": ["*"]}}) as router:
+        assert httpx.get(router.url + "/healthz", headers={"host": "evil.example"},
+                         timeout=10).status_code == 200
