@@ -362,6 +362,8 @@ def test_router_metrics_survive_hostile_model_names(tmp_path: Path, provider) ->
             r = http.post("/v1/chat/completions",
                           content=f'{{"model": "made-up-model-{i:05d}", {msg}}}')
             assert r.status_code < 500
+        for name in ("ledger.db-wal", "ledger.db-shm", "audit.jsonl"):
+            assert not (home / name).exists() or mode(home / name) == 0o600, name
         scrape = http.get("/metrics")
         assert scrape.status_code == 200
         assert len(scrape.content) < 200_000, len(scrape.content)
