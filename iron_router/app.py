@@ -151,6 +151,15 @@ class HostCheck:
         self.suffixes = tuple(h[1:].lower() for h in allowed_hosts if h.startswith("*."))
         self.everywhere = bool(allowed_hosts)
         self._verdicts: dict[bytes, bool] = {}
+        self._local: dict[str, bool] = {}
+
+    def _via_loopback(self, server: tuple[str, int] | None) -> bool:
+        if not server:
+            return False
+        ok = self._local.get(server[0])
+        if ok is None:  # the router's own addresses: a handful
+            ok = self._local[server[0]] = is_loopback_host(str(server[0]))
+        return ok
 
     def allowed(self, raw: bytes) -> bool:
         ok = self._verdicts.get(raw)
@@ -166,8 +175,7 @@ class HostCheck:
         if scope["type"] not in ("http", "websocket") or self.off:
             await self.app(scope, receive, send)
             return
-        server = scope.get("server")
-        if not self.everywhere and not (server and is_loopback_host(str(server[0]))):
+        if not self.everywhere and not self._via_loopback(scope.get("server")):
             await self.app(scope, receive, send)
             return
         host = origin = None
