@@ -416,3 +416,33 @@ def test_dns_rebinding_gets_421(tmp_path: Path) -> None:
                        config={"iron": {"allowed_hosts": ["*"]}}) as router:
         assert httpx.get(router.url + "/healthz", headers={"host": "evil.example"},
                          timeout=10).status_code == 200
+
+
+def test_running_router_follows_a_rotation(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.router_util import ROOT, RouterProcess
+
+    home = tmp_path / "iron"
+    old_token = issue_token(home, "bot")
+    config = {"model_list": [{"model_name": "m", "litellm_params": {
+        "model": "openai/gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1"}}]}
+    with RouterProcess(home=home, config=config) as router:  # /v1/models answered locally
+        def models(token: str) -> int:
+            return httpx.get(router.url + "/v1/models", timeout=10,
+                             headers={"authorization": f"Bearer {token}"}).status_code
+
+        assert models(old_token) == 200
+        out = subprocess.run([sys.executable, "-m", "iron_sdk.cli", "secret", "rotate",
+                              "--grace", "0s"], env={**os.environ, "IRON_HOME": str(home)},
+                             capture_output=True, text=True, cwd=ROOT, check=True).stdout
+        assert "new signing key" in out
+        new_token = issue_token(home, "bot")
+        deadline = time.monotonic() + 10  # the router looks at the keyring once a second
+        while models(new_token) != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert models(new_token) == 200
+        assert models(old_token) == 401  # grace 0: refused at once
