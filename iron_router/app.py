@@ -4,6 +4,7 @@ health, metrics and the OpenAPI document, around one in-process :class:`Runtime`
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import threading
@@ -22,10 +23,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iron_router.config import RouterConfig
 from iron_router.metrics import CONTENT_TYPE, RouterMetrics
+from iron_router.offload import Offload
 from iron_router.openai_api import RouterState
 from iron_router.openai_api import routes as openai_routes
 from iron_router.upstream import Upstream
 from iron_sdk import __version__
+from iron_sdk.home import secure_home_files
 from iron_sdk.runtime import Runtime
 
 log = logging.getLogger("iron_router")
@@ -106,6 +109,97 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, ``*.localhost``, 127.0.0.0/8, ``::1`` (and ``::ffff:127.x``)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def host_name(value: str) -> str:
+    """The host of a ``Host`` header or an ``Origin``'s authority, lower case, without
+    port, brackets or trailing dot (``[::1]:8080`` → ``::1``)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        value = value[1:end] if end > 0 else value
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+class HostCheck:
+    """Defeats DNS rebinding: a connection that arrived on a loopback address (a
+    router bound to 127.0.0.1, or to 0.0.0.0 and reached through loopback) is only
+    answered when its ``Host`` names a loopback host or one of ``allowed_hosts``; else
+    421 ``misdirected_request``. With ``allowed_hosts`` set, every connection is checked.
+    A browser page from another origin is refused too (403 ``cross_origin_request``):
+    OpenAI clients send no ``Origin`` header, browsers always do on cross-site calls.
+    ``allowed_hosts: ["*"]`` turns both checks off."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.off = "*" in allowed_hosts
+        self.exact = frozenset(host_name(h) for h in allowed_hosts if not h.startswith("*."))
+        self.suffixes = tuple(h[1:].lower() for h in allowed_hosts if h.startswith("*."))
+        self.everywhere = bool(allowed_hosts)
+        self._verdicts: dict[bytes, bool] = {}
+        self._local: dict[str, bool] = {}
+
+    def _via_loopback(self, server: tuple[str, int] | None) -> bool:
+        if not server:
+            return False
+        ok = self._local.get(server[0])
+        if ok is None:  # the router's own addresses: a handful
+            ok = self._local[server[0]] = is_loopback_host(str(server[0]))
+        return ok
+
+    def allowed(self, raw: bytes) -> bool:
+        ok = self._verdicts.get(raw)
+        if ok is None:
+            host = host_name(raw.decode("latin-1"))
+            ok = (is_loopback_host(host) or host in self.exact
+                  or (bool(self.suffixes) and host.endswith(self.suffixes)))
+            if len(self._verdicts) < 1024:  # client-chosen: bounded
+                self._verdicts[raw] = ok
+        return ok
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.off:
+            await self.app(scope, receive, send)
+            return
+        if not self.everywhere and not self._via_loopback(scope.get("server")):
+            await self.app(scope, receive, send)
+            return
+        host = origin = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+            elif name == b"origin":
+                origin = value
+        if host is not None and not self.allowed(host):
+            await _send_json(send, 421, {"error": {
+                "message": "This router only answers requests addressed to it by a "
+                           "loopback name (localhost, 127.0.0.1, [::1]); add the host to "
+                           "iron: allowed_hosts in the router config to serve it.",
+                "type": "invalid_request_error", "code": "misdirected_request",
+                "param": None}})
+            return
+        if origin is not None and not self.allowed(origin.partition(b"://")[2] or b"null"):
+            await _send_json(send, 403, {"error": {
+                "message": "Requests from a web page of another origin are refused; "
+                           "add its host to iron: allowed_hosts to allow them.",
+                "type": "invalid_request_error", "code": "cross_origin_request",
+                "param": None}})
+            return
+        await self.app(scope, receive, send)
 
 
 class InFlight:
@@ -235,8 +329,14 @@ def _load(runtime: Runtime, config: RouterConfig) -> None:
 def create_app(config: RouterConfig | None = None) -> Starlette:
     """The router app around a new :class:`Runtime` on ``config.runtime``'s ledger."""
     config = config or RouterConfig()
-    router_metrics = RouterMetrics()
+    settings = config.settings
+    known = tuple({n for n in config.routes} | {r.model for rs in config.routes.values()
+                                                for r in rs})
+    router_metrics = RouterMetrics(max_agents=settings.metrics_max_agents,
+                                   max_models=settings.metrics_max_models, known_models=known)
+    config.runtime.ensure_home()  # 0700 if we make it
     runtime = Runtime(config.runtime, plugins=(router_metrics,))
+    secure_home_files(config.runtime.home)  # ledger (+ WAL), keys, audit log: 0600
     state = RouterState(runtime, config, Upstream(config.settings, config.secrets()))
     tracker = InFlight()
     router_metrics.in_flight.set_function(lambda: tracker.count)  # read at scrape time
@@ -265,11 +365,13 @@ def create_app(config: RouterConfig | None = None) -> Starlette:
         *runtime_routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(RequestLog, metrics=router_metrics, tracker=tracker)],
+                    middleware=[Middleware(RequestLog, metrics=router_metrics, tracker=tracker),
+                                Middleware(HostCheck, allowed_hosts=settings.allowed_hosts)],
                     exception_handlers={HTTPException: _http_error})
     app.state.runtime = runtime
     app.state.config = config
     app.state.router = state
     app.state.metrics = router_metrics
     app.state.in_flight = tracker
+    app.state.offload = Offload()  # blocking work off the loop (iron_router.offload)
     return app

@@ -15,6 +15,7 @@ A LiteLLM proxy config works as it is::
       ledger: /var/lib/iron/ledger.db    # RuntimeConfig fields: home, ledger, audit,
       safety: {pii: block}               # prices, budget, safety, reliability
       require_token: true                # router settings (see RouterSettings)
+      allowed_hosts: [router.internal]   # Host names answered besides loopback ones
 
 Other top-level keys of a LiteLLM config (``general_settings``, ``router_settings``, ...)
 are ignored, except ``litellm_settings.drop_params``.
@@ -79,6 +80,23 @@ class RouterSettings:
     upstream_timeout_s: float = 600.0
     shutdown_timeout_s: float | None = None  # None: wait for every in-flight call
     drop_params: bool = True  # litellm routes drop OpenAI params the provider lacks
+    # Host names (besides loopback ones) the router answers to; "*" turns the check off,
+    # "*.example.com" allows subdomains. See iron_router.app.HostCheck.
+    allowed_hosts: tuple[str, ...] = ()
+    # /metrics label values: agents and models past these counts are counted as "other".
+    metrics_max_agents: int = 100
+    metrics_max_models: int = 100
+
+    def __post_init__(self) -> None:
+        hosts = self.allowed_hosts
+        if isinstance(hosts, str) or not all(isinstance(h, str) and h for h in hosts):
+            raise ConfigError("iron: allowed_hosts must be a list of host names, "
+                              "e.g. [router.internal, '*.corp.example'].")
+        object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in hosts))
+        for name in ("metrics_max_agents", "metrics_max_models"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ConfigError(f"iron: {name} must be a whole number >= 0.")
 
     @property
     def max_body_bytes(self) -> int:

@@ -3,6 +3,15 @@
 Request counts and latency are recorded per HTTP request; spend, tokens and blocks come
 from the runtime's governance events (a plugin on ``iron_event``), so calls made
 through the runtime API door are counted as well.
+
+Label values come from clients (model names, agent ids), so they are made safe and
+bounded: a value that is not printable or longer than 120 characters is escaped and cut
+(``"\\ud800"`` is shown as its escape, never fed raw to the exposition encoder), and
+only the first ``max_agents`` agents and ``max_models`` models get a label of their
+own; the rest are counted as ``other``. A model earns its label when the runtime
+governed a call to it (completed, failed, or blocked by a policy such as a budget),
+never from a request it refused as unknown or malformed, so made-up model names cannot
+use up the slots.
 """
 
 from __future__ import annotations
@@ -22,13 +31,63 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from iron_sdk.hookspecs import hookimpl
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+OTHER = "other"
+_MAX_LABEL = 120
+# Refusals that say nothing about the model being real: its name stays unlabelled.
+_UNVOUCHED = frozenset({"unknown_model_price", "model_not_found", "invalid_request",
+                        "model_not_allowed", "invalid_ic_token"})
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def clean_label(value: str) -> str:
+    """A label value the exposition format and its readers take: printable, ≤ 120
+    characters (control characters and lone surrogates come out as escapes)."""
+    if type(value) is not str:
+        value = str(value)
+    if len(value) <= _MAX_LABEL and value.isprintable():
+        return value
+    return repr(value[:_MAX_LABEL])[1:-1]
+
+
+class LabelFold:
+    """The first ``limit`` distinct values (plus ``known`` ones) keep their own label;
+    any other value reads as ``other``. Memory is bounded by ``limit``."""
+
+    def __init__(self, limit: int, known: tuple[str, ...] = ()) -> None:
+        self.limit = limit
+        self._labels: dict[str, str] = {"": ""}
+        for value in known:
+            self._labels[value] = clean_label(value)
+        self._admitted = 0
+
+    def __call__(self, value: str, *, admit: bool = True) -> str:
+        label = self._labels.get(value)
+        if label is not None:
+            return label
+        if not admit or self._admitted >= self.limit or type(value) is not str:
+            return OTHER
+        self._admitted += 1
+        label = self._labels[value] = clean_label(value)
+        return label
+
+
+def _amount(value: object) -> float:
+    """A counter increment: finite and non-negative (a bad report never breaks it)."""
+    if type(value) is int:
+        return min(value, 1 << 62) if value > 0 else 0
+    if type(value) is float and 0 < value < float("inf"):
+        return value
+    return 0
 
 
 class RouterMetrics:
     """The router's metrics; label children are cached (``labels()`` costs µs each)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_agents: int = 100, max_models: int = 100,
+                 known_models: tuple[str, ...] = ()) -> None:
+        self.agents = LabelFold(max_agents)
+        self.models = LabelFold(max_models, known_models)
+        self.reasons = LabelFold(64)
         disable_created_metrics()  # the *_created series only double the scrape
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
@@ -57,6 +116,7 @@ class RouterMetrics:
         return child
 
     def request(self, path: str, status: int, agent: str, model: str, seconds: float) -> None:
+        agent, model = self.agents(agent), self.models(model, admit=False)
         self._child(self.requests, path, str(status), agent, model).inc()
         self._child(self.latency, agent, model).observe(seconds)
 
@@ -65,14 +125,17 @@ class RouterMetrics:
         kind = event["type"]
         if kind not in ("call_completed", "call_failed", "call_blocked"):
             return
-        agent, model = event.get("agent_id", ""), event.get("model", "")
+        reason = str(event.get("reason", "")) if kind == "call_blocked" else ""
+        agent = self.agents(event.get("agent_id") or "")
+        model = self.models(event.get("model") or "", admit=reason not in _UNVOUCHED)
         self._child(self.calls, agent, model, kind.removeprefix("call_")).inc()
         if kind == "call_completed":
-            self._child(self.spend, agent, model).inc(event["cost_micro"] / 1_000_000)
-            self._child(self.tokens, agent, model, "input").inc(event["input_tokens"])
-            self._child(self.tokens, agent, model, "output").inc(event["output_tokens"])
+            self._child(self.spend, agent, model).inc(_amount(event.get("cost_micro")) / 1e6)
+            self._child(self.tokens, agent, model, "input").inc(_amount(event.get("input_tokens")))
+            self._child(self.tokens, agent, model, "output").inc(
+                _amount(event.get("output_tokens")))
         elif kind == "call_blocked":
-            self._child(self.blocks, agent, model, str(event.get("reason", ""))).inc()
+            self._child(self.blocks, agent, model, self.reasons(reason)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 import signal
 import sys
@@ -42,6 +43,9 @@ def describe(config: RouterConfig) -> str:
 def serve(host: str = "127.0.0.1", port: int = 8080, config_path: str | None = None) -> int:
     """Run the router until SIGTERM/SIGINT; return the exit code."""
     _setup_logging()
+    # The router holds signing keys, the ledger and the audit log: whatever it creates
+    # (a ledger's -wal/-shm made later, rotated logs) is private to its user.
+    os.umask(0o077)
     log = logging.getLogger("iron_router")
     try:
         config = load_config(config_path)

@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--scope", action="append", default=[],
                        help="extra budget scope the agent is charged to, e.g. team:search")
 
+    secret = sub.add_parser("secret", help="signing keys of IC tokens").add_subparsers(
+        dest="action", required=True)
+    rotate = secret.add_parser("rotate", help="make a new signing key; tokens signed with "
+                                              "the previous one verify until the grace ends")
+    rotate.add_argument("--grace", type=_duration, default=_duration("7d"),
+                        help="how long the previous key still verifies, e.g. 12h or 7d "
+                             "(default 7d; 0s: immediately refused)")
+
     budget = sub.add_parser("budget", help="budgets in the ledger").add_subparsers(
         dest="action", required=True)
     bset = budget.add_parser("set", help="set a budget (agent name, team:NAME or global)")
@@ -87,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
         print(issue_token(config.home, args.agent, expires_in_s=args.expires_in,
                           scopes=tuple(args.scope)))
         return 0
+    if args.command == "secret":
+        return _rotate(config, grace_s=args.grace)
     if args.command not in ("budget", "usage"):
         build_parser().print_help()
         return 0
@@ -109,6 +119,19 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         ledger.close()
+
+
+def _rotate(config: RuntimeConfig, *, grace_s: float) -> int:
+    import time
+
+    from iron_sdk.identity import KEYRING, rotate_key
+
+    key = rotate_key(config.home, grace_s=grace_s)
+    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() + grace_s))
+    print(f"new signing key {key.kid} in {config.home / KEYRING}; tokens signed with the "
+          f"previous key verify until {until}. Issue new tokens with "
+          "`iron-runtime token issue --agent NAME`.")
+    return 0
 
 
 def _usage(ledger: object, *, as_json: bool) -> int:

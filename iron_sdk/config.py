@@ -168,5 +168,12 @@ class RuntimeConfig(_Config):
     reliability: ReliabilityConfig = ReliabilityConfig()
     load_entry_points: bool = True
 
+    def ensure_home(self) -> Path:
+        """Create ``home`` 0700 if it does not exist yet (:func:`iron_sdk.home.ensure_home`);
+        call it before anything writes into the home."""
+        from iron_sdk.home import ensure_home
+
+        return ensure_home(self.home)
+
     def ledger_url(self) -> str:
         return self.ledger or os.environ.get("IRON_LEDGER") or str(self.home / "ledger.db")
