@@ -28,20 +28,15 @@ from typing import Any
 from starlette.requests import Request
 
 from iron_router.offload import Offload
-from iron_sdk.errors import InvalidRequestError
+from iron_sdk.errors import InvalidRequestError, PayloadTooLargeError
 
+__all__ = ["InvalidBodyError", "PayloadTooLargeError", "parse_json", "read_body",
+           "read_json"]
 MAX_DEPTH = 64
 
 
 class InvalidBodyError(InvalidRequestError):
     """The body is not a JSON object this router accepts (400 ``invalid_request``)."""
-
-
-class PayloadTooLargeError(InvalidRequestError):
-    """The body is over the router's size limit (413 ``payload_too_large``)."""
-
-    status = 413
-    code = "payload_too_large"
 
 
 def _no_constant(name: str) -> Any:

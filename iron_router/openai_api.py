@@ -21,17 +21,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
+from iron_router.bodies import parse_json, read_body
 from iron_router.config import Route, RouterConfig
 from iron_router.errors import error_response
 from iron_router.sse import relay_litellm, relay_sse
 from iron_router.upstream import Upstream, UpstreamError, UpstreamUnreachable, litellm_error
 from iron_sdk.call import LlmCall
 from iron_sdk.errors import (
-    InvalidRequestError,
     InvalidTokenError,
     IronCageError,
     ModelNotFoundError,
-    PayloadTooLargeError,
     RuntimeUnavailableError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
@@ -100,33 +99,6 @@ def bearer_token(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes with a 413."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"Request body of {int(declared)} bytes is over the "
-                                   f"router's limit of {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"Request body is over the router's limit of "
-                                       f"{limit} bytes.")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def parse_json(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        raise InvalidRequestError("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    return body
-
-
 class Exchange:
     """One governed request: settles or fails its call and closes its session once."""
 
@@ -176,7 +148,9 @@ async def _governed(request: Request, kind: str, handler: Handler) -> Response:
     info["agent"] = session.agent_id
     runtime = st.runtime
     try:
-        request_model = read_request(kind, parse_json(raw), owned=True)
+        offload = request.app.state.offload
+        body = await offload.run_sized(len(raw), parse_json, raw)
+        request_model = read_request(kind, body, owned=True)
         route = st.route(request_model.model)
         info["model"] = route.model
         call = runtime.begin_call(session, request_model, model=route.model,

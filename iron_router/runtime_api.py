@@ -40,7 +40,6 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,6 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from iron_router.bodies import read_json
 from iron_router.errors import error_response, invalid
 from iron_router.runtime_registry import Entry, NotFound, owner_of, registry
 from iron_sdk.call import LlmCall, Usage
@@ -69,16 +69,12 @@ class _BadRequest(Exception):
 
 # -- request reading --------------------------------------------------------------------
 async def _body(request: Request, *, optional: bool = False) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw and optional:
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise _BadRequest("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise _BadRequest("The request body must be a JSON object.")
-    return body
+    """The strict JSON object of the request (:mod:`iron_router.bodies`)."""
+    state = request.app.state
+    config = getattr(state, "config", None)
+    limit = config.settings.max_body_bytes if config is not None else 32 * 1024 * 1024
+    return await read_json(request, limit, optional=optional,
+                           offload=getattr(state, "offload", None))
 
 
 def _str(body: dict[str, Any], name: str, default: str | None = None) -> str:
