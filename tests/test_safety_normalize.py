@@ -120,3 +120,20 @@ def test_normalized_text_is_what_detect_sees() -> None:
 )
 def test_still_not_pii(text: str) -> None:
     assert scan(text) == []
+
+
+def test_digit_blocks_match_unicodedata() -> None:
+    import sys
+    import unicodedata
+
+    from iron_sdk.safety.normalize import DIGIT_ZEROS
+
+    zeros = tuple(c for c in range(0x80, sys.maxunicode + 1)
+                  if unicodedata.category(chr(c)) == "Nd" and unicodedata.digit(chr(c)) == 0)
+    assert zeros == DIGIT_ZEROS
+
+
+def test_em_dash_in_prose_is_not_touched_but_between_digits_it_is() -> None:
+    assert normalize("Prose \u2014 with an em dash, caf\u00e9.").identity
+    n = normalize("555\u2014123\u20144567 and caf\u00e9 \u2014 ok")
+    assert n.text == "555-123-4567 and caf\u00e9 \u2014 ok"
