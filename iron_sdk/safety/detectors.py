@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from iron_sdk.safety.normalize import normalize
 from iron_sdk.safety.validators import iban_ok, luhn_ok
 
-__all__ = ["KINDS", "Finding", "detect", "placeholder", "redact", "resolve", "scan"]
+__all__ = ["HOLDBACK", "KINDS", "Finding", "detect", "placeholder", "redact", "resolve", "scan"]
 
 KINDS: tuple[str, ...] = (
     "email", "phone", "ssn", "credit_card", "iban", "ip_address", "api_key", "private_key", "jwt",
@@ -64,6 +64,13 @@ _PRIORITY: dict[str, int] = {
     ))
 }
 _PLACEHOLDERS: dict[str, str] = {k: f"[{k.upper()}_REDACTED]" for k in KINDS}
+
+# A stream must hold back this many trailing characters so that a built-in finding is seen
+# whole before any of it is released: the longest text a detector needs before it reports
+# anything (a 64-character email local part plus '@a.bc', an AWS secret with its label, a
+# spaced IBAN, a PEM header) plus the few characters of look-ahead after it. Findings that
+# keep growing (keys, JWTs, PEM bodies) are held from their start while they touch the end.
+HOLDBACK = 100
 
 _Span = tuple[int, int, str]  # (start, end, kind): findings before overlap resolution
 
@@ -141,7 +148,7 @@ _NUMERIC = re.compile(
         # soon by a separator and a digit, or by 12 more digits: a cheap filter that rejects
         # most ordinary numbers (years, prices, counts) before any branch is tried.
         (?<![A-Za-z0-9_.][0-9])
-        (?=[0-9]{0,3}[.\- ][0-9]|[0-9]{12})
+        (?=[0-9]{0,7}[.\- ][0-9]|[0-9]{12})
         (?:
             # IPv4 (octet values and version context checked later); '/' '-' may precede
             [0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![A-Za-z0-9_]|\.[0-9])(?P<ipv4>)
@@ -153,9 +160,10 @@ _NUMERIC = re.compile(
               | (?:(?<=1)[ .\-][2-9][0-9]{2}[ .\-][0-9]{3}[ .\-][0-9]{4}
                   |(?<=[2-9])[0-9]{2}[ .\-][0-9]{3}[ .\-][0-9]{4})
                 (?![A-Za-z0-9_]|[ .\-][0-9])(?P<phone>)
-                # cards: 4-4-4-4(-3), 4-6-4/5 (any mix of separators), or 13-19 digits
-              | (?:[0-9]{3}[ .\-][0-9]{4}[ .\-][0-9]{4}[ .\-][0-9]{4}(?:[ .\-][0-9]{3})?
-                  |[0-9]{3}[ .\-][0-9]{6}[ .\-][0-9]{4,5}
+                # cards: 4-4-4-4(-3) or 4-6-4/5 groups, each separator any of ' .-' or none
+                # (a removed zero-width separator joins two groups), or 13-19 digits
+              | (?:[0-9]{3}[ .\-]?[0-9]{4}[ .\-]?[0-9]{4}[ .\-]?[0-9]{4}(?:[ .\-]?[0-9]{3})?
+                  |[0-9]{3}[ .\-]?[0-9]{6}[ .\-]?[0-9]{4,5}
                   |[0-9]{12,18})
                 (?![A-Za-z0-9_\-]|[.,][0-9])(?P<card>)
             )

@@ -1,7 +1,7 @@
 """Check-digit validators shared by the built-in detectors and custom patterns.
 
-A validator takes the matched text and says whether it is a real value; separators
-(spaces, dashes, dots) are ignored. Custom patterns name one in ``SafetyConfig.patterns``
+A validator takes the matched text (or a custom pattern's group named ``value``) and says
+whether it is a real value. Custom patterns name one in ``SafetyConfig.patterns``
 (``validator: luhn``).
 """
 
@@ -18,9 +18,10 @@ _IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("
 
 
 def luhn_ok(value: str) -> bool:
-    """Luhn (mod 10) check of the digits in ``value``; False if anything else is left."""
-    digits = value.translate(_SEPARATORS)
-    if not digits.isascii() or not digits.isdigit():
+    """Luhn (mod 10) check of the ASCII digits in ``value`` (other characters ignored)."""
+    digits = value if value.isdigit() and value.isascii() else "".join(
+        c for c in value if "0" <= c <= "9")
+    if len(digits) < 2:
         return False
     # sum(map(ord)) - 48 per digit is the digit sum without a Python-level loop.
     doubled = digits[-2::-2].translate(_LUHN_DOUBLE)
