@@ -15,8 +15,9 @@ so a redaction replaces exactly the original characters, the removed ones inside
 
 Plain ASCII text with none of the encoded forms is returned as it is (``identity``), after a
 C-speed ``str.isascii()`` and three substring checks: that is the fast path of every scan.
-Non-ASCII text that is already NFKC and holds none of the characters above (accented Latin,
-CJK, emoji) costs one regex pass and stays identity as well.
+Other text costs one regex pass over a character class of everything that may change (built
+once per process, a few milliseconds), plus a little Python per changed character; accented
+Latin, CJK or emoji alone leave it identity.
 """
 
 from __future__ import annotations
@@ -25,16 +26,14 @@ import re
 import unicodedata
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import cache
 
 __all__ = ["Normalized", "normalize", "needs_normalizing"]
 
 _AT = r"%40|&#0*64;|&#[xX]0*40;|&commat;"  # ASCII spellings of '@'
 _AT_RX = re.compile(_AT)
-# Text that is not NFKC already: every non-ASCII run is normalized character by character.
-_INTERESTING = re.compile(r"[^\x00-\x7f]+|" + _AT)
-# Text that is NFKC already: only these characters change - format characters, non-ASCII
-# digits, and dashes or unusual spaces next to a digit (an em dash in prose is left alone).
-# One character class, so that re skips ahead at C speed.
+# Characters that normalization may change besides those NFKC changes: format characters,
+# dashes and unusual spaces (changed only next to a digit), non-ASCII digits.
 _FORMAT = (
     "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
     "\u2066-\u206f\ufeff\ufff9-\ufffb"
@@ -53,10 +52,28 @@ DIGIT_ZEROS = (
     0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50,
     0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
 )
-# Astral characters (emoji, ...) are matched as one range and sorted out in Python: a class
-# of BMP characters only compiles to a bitmap, many ranges above it to a slow linear list.
 _DIGITS = "".join(f"{chr(z)}-{chr(z + 9)}" for z in DIGIT_ZEROS if z < 0x10000)
-_SUSPECT = re.compile(f"[{_FORMAT}{_SEP}{_DIGITS}]|[\U00010000-\U0010ffff]")
+
+
+@cache
+def _candidates() -> re.Pattern[str]:
+    """Every character normalization may change, as one character class: the BMP characters
+    NFKC changes (found once per process, a few milliseconds), the ones above, and any astral
+    character (emoji are sorted out in Python). A class of BMP characters compiles to a
+    bitmap, so re skips through prose at C speed."""
+    ranges: list[list[int]] = []
+    for c in range(0xA0, 0x10000):
+        if 0xD800 <= c < 0xE000 or unicodedata.is_normalized("NFKC", chr(c)):
+            continue
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    nfkc = "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+                   for a, b in ranges)
+    return re.compile(f"[{nfkc}{_FORMAT}{_SEP}{_DIGITS}\U00010000-\U0010ffff]")
+
+
 _SEPARATORS = frozenset(chr(c) for c in range(0x2010, 0x2016)) | frozenset(
     "\u2212\ufe58\ufe63\uff0d\u058a\u05be\u00a0\u1680\u202f\u205f\u3000"
 ) | frozenset(chr(c) for c in range(0x2000, 0x200B))
@@ -131,36 +148,26 @@ class Normalized:
 
 
 def _replacements(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, replacement) for every original unit that normalization changes."""
-    if text.isascii():
-        return [(m.start(), m.end(), "@") for m in _AT_RX.finditer(text)]
+    """(start, end, replacement) for every original character that normalization changes."""
     out: list[tuple[int, int, str]] = []
-    if unicodedata.is_normalized("NFKC", text):
+    if not text.isascii():
         last = len(text) - 1
-        for m in _SUSPECT.finditer(text):
+        for m in _candidates().finditer(text):
             a = m.start()
             c = m.group()
-            if c >= "\U00010000" and not (c.isdecimal() or unicodedata.category(c) == "Cf"):
-                continue  # emoji and other astral characters
+            if c >= "\U00010000" and unicodedata.is_normalized("NFKC", c) and not (
+                    c.isdecimal() or unicodedata.category(c) == "Cf"):
+                continue  # emoji and other astral characters NFKC keeps
             if c in _SEPARATORS and not (
                 (a > 0 and text[a - 1].isdecimal()) or (a < last and text[a + 1].isdecimal())
             ):
-                continue  # a dash or space that separates no digits
-            out.append((a, a + 1, _char(c)))
-        if "%40" in text or "&#" in text or "&commat;" in text:
-            out.extend((m.start(), m.end(), "@") for m in _AT_RX.finditer(text))
-            out.sort()
-        return out
-    for m in _INTERESTING.finditer(text):
-        a, b = m.span()
-        run = m.group()
-        if run[0] < "\x80":
-            out.append((a, b, "@"))
-            continue
-        for i, c in enumerate(run):
+                continue  # a dash or space that separates no digits (an em dash in prose)
             new = _char(c)
             if new != c:
-                out.append((a + i, a + i + 1, new))
+                out.append((a, a + 1, new))
+    if "%40" in text or "&#" in text or "&commat;" in text:
+        out.extend((m.start(), m.end(), "@") for m in _AT_RX.finditer(text))
+        out.sort()
     return out
 
 
