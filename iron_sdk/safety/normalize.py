@@ -82,9 +82,6 @@ _CHAR_CACHE: dict[str, str] = {}
 
 def _char(c: str) -> str:
     """The normalized form of one non-ASCII character ('' when it is removed)."""
-    out = _CHAR_CACHE.get(c)
-    if out is not None:
-        return out
     cat = unicodedata.category(c)
     if cat == "Cf":
         out = ""
@@ -99,8 +96,6 @@ def _char(c: str) -> str:
         if not out.isascii():  # e.g. NFKC kept a non-ASCII digit inside a longer form
             out = "".join(str(unicodedata.digit(ch)) if unicodedata.category(ch) == "Nd"
                           else ch for ch in out)
-    if len(_CHAR_CACHE) < 65536:
-        _CHAR_CACHE[c] = out
     return out
 
 
@@ -147,24 +142,43 @@ class Normalized:
         return self._start(start), self._end(end - 1)
 
 
+_KEEP = "\x00keep"  # _plan(): the character stays as it is
+
+
+def _plan(c: str) -> str:
+    """What a candidate character becomes (cached): its normalized form, or _KEEP for astral
+    characters that NFKC keeps (emoji)."""
+    out = _CHAR_CACHE.get(c)
+    if out is None:
+        if c >= "\U00010000" and unicodedata.is_normalized("NFKC", c) and not (
+                c.isdecimal() or unicodedata.category(c) == "Cf"):
+            out = _KEEP
+        else:
+            out = _char(c)
+            if out == c:
+                out = _KEEP
+        if len(_CHAR_CACHE) < 65536:
+            _CHAR_CACHE[c] = out
+    return out
+
+
 def _replacements(text: str) -> list[tuple[int, int, str]]:
     """(start, end, replacement) for every original character that normalization changes."""
     out: list[tuple[int, int, str]] = []
     if not text.isascii():
         last = len(text) - 1
+        cached = _CHAR_CACHE.get
         for m in _candidates().finditer(text):
-            a = m.start()
             c = m.group()
-            if c >= "\U00010000" and unicodedata.is_normalized("NFKC", c) and not (
-                    c.isdecimal() or unicodedata.category(c) == "Cf"):
-                continue  # emoji and other astral characters NFKC keeps
+            new = cached(c) or _plan(c)
+            if new is _KEEP:
+                continue
+            a = m.start()
             if c in _SEPARATORS and not (
                 (a > 0 and text[a - 1].isdecimal()) or (a < last and text[a + 1].isdecimal())
             ):
                 continue  # a dash or space that separates no digits (an em dash in prose)
-            new = _char(c)
-            if new != c:
-                out.append((a, a + 1, new))
+            out.append((a, a + 1, new))
     if "%40" in text or "&#" in text or "&commat;" in text:
         out.extend((m.start(), m.end(), "@") for m in _AT_RX.finditer(text))
         out.sort()
