@@ -78,6 +78,8 @@ class SafetyConfig(_Config):
     and ``allow_patterns`` (regexes the whole value must match) are never reported, e.g. the
     company's support address. Allow-lists loosen the policy: they belong to the operator.
     ``ner`` turns on the name/address/date-of-birth plugin (``iron-sdk[ner]``) if installed.
+    ``response`` is the action for what a model's answer contains (plain or streamed, see
+    :class:`iron_sdk.safety.stream.StreamRedactor`), every kind alike.
     """
 
     pii: PiiAction = "redact"
@@ -87,6 +89,7 @@ class SafetyConfig(_Config):
     allow: frozenset[str] = frozenset()
     allow_patterns: tuple[str, ...] = ()
     ner: bool = False
+    response: PiiAction = "log"
 
     @field_validator("allow_patterns")
     @classmethod

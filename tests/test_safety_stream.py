@@ -96,7 +96,7 @@ def test_short_streams_and_empty_deltas() -> None:
     assert r.feed("") == "" and r.feed("hi ") == "" and r.feed("") == ""
     assert r.finish() == "hi " and r.finish() == ""
     with pytest.raises(ValueError):
-        StreamRedactor(holdback=0)
+        StreamRedactor(holdback=-1)
 
 
 def test_for_config_uses_custom_patterns_allow_lists_and_actions() -> None:
@@ -173,3 +173,17 @@ def test_for_config_tool_arguments() -> None:
 def test_scan_is_what_the_stream_reproduces() -> None:
     # guard against a sample that has no finding at all making the split tests vacuous
     assert sum(bool(scan(s)) for s in SAMPLES) >= len(SAMPLES) - 1
+
+
+def test_for_config_response_action() -> None:
+    text = "Your card 4111 1111 1111 1111 and mail ann@corp.example."
+    for action, expected in (("redact", redact(text)), ("block", redact(text)),
+                             ("log", text), ("off", text)):
+        r = StreamRedactor.for_config(SafetyConfig(pii="off", response=action), response=True)
+        assert chunked(r, [text[:15], text[15:]]) == expected
+    # log/off hold nothing back: everything is released at once
+    r = StreamRedactor.for_config(SafetyConfig(), response=True)
+    assert r.feed("card 4111 1111 ") == "card 4111 1111 "
+    args = '{"card": "4111111111111111"}'
+    t = ToolArgumentsRedactor.for_config(SafetyConfig(response="redact"), response=True)
+    assert json.loads(t.feed(args)) == {"card": "[CREDIT_CARD_REDACTED]"}

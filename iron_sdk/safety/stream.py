@@ -38,16 +38,27 @@ ScanFn = Callable[[str], list[Finding]]
 _CONTEXT = 16
 
 
-def _redacting_scan(config: SafetyConfig) -> tuple[ScanFn, int]:
-    """The findings of ``config`` whose action is ``redact``, and the hold-back they need."""
+def _redacting_scan(config: SafetyConfig, response: bool) -> tuple[ScanFn, int]:
+    """The findings ``config`` redacts, and the hold-back they need. For a response
+    (``response=True``) ``config.response`` decides for every kind: ``redact`` and ``block``
+    redact (a caller that blocks ends the stream when ``kinds`` fills), ``log`` and ``off``
+    redact nothing; otherwise the prompt actions do (``action_for``)."""
     from iron_sdk.safety.scanner import scanner_for
 
     scanner = scanner_for(config)
+    if response:
+        if config.response in ("redact", "block"):
+            return scanner.scan, scanner.holdback
+        return _nothing, 0
 
     def scan_fn(text: str) -> list[Finding]:
         return [f for f in scanner.scan(text) if config.action_for(f.kind) == "redact"]
 
     return scan_fn, scanner.holdback
+
+
+def _nothing(text: str) -> list[Finding]:
+    return []
 
 
 class StreamRedactor:
@@ -61,16 +72,18 @@ class StreamRedactor:
     def __init__(self, scan: ScanFn | None = None, *, holdback: int | None = None) -> None:
         self._scan: ScanFn = scan or _builtin_scan
         self.holdback = HOLDBACK if holdback is None else holdback
-        if self.holdback < 1:
-            raise ValueError("holdback must be at least 1 character")
+        if self.holdback < 0:
+            raise ValueError("holdback must not be negative")
         self._pending = ""  # received, not yet released
         self._context = ""  # the last released characters, as received
         self.kinds: Counter[str] = Counter()
 
     @classmethod
-    def for_config(cls, config: SafetyConfig) -> StreamRedactor:
-        """Redact what ``config`` redacts: built-ins, custom patterns, allow-lists applied."""
-        scan_fn, holdback = _redacting_scan(config)
+    def for_config(cls, config: SafetyConfig, *, response: bool = False) -> StreamRedactor:
+        """Redact what ``config`` redacts (built-ins, custom patterns, allow-lists applied);
+        ``response=True`` follows ``config.response`` instead of the prompt actions (``log``
+        and ``off`` hold nothing back)."""
+        scan_fn, holdback = _redacting_scan(config, response)
         return cls(scan_fn, holdback=holdback)
 
     @property
@@ -140,8 +153,10 @@ class ToolArgumentsRedactor:
         self.kinds: Counter[str] = Counter()
 
     @classmethod
-    def for_config(cls, config: SafetyConfig) -> ToolArgumentsRedactor:
-        return cls(_redacting_scan(config)[0])
+    def for_config(cls, config: SafetyConfig, *,
+                   response: bool = False) -> ToolArgumentsRedactor:
+        """As :meth:`StreamRedactor.for_config`."""
+        return cls(_redacting_scan(config, response)[0])
 
     def feed(self, delta: str) -> str:
         """Add an arguments delta; return "" until the JSON value closes, then all of it."""
