@@ -162,10 +162,13 @@ def bench_pii() -> dict[str, float]:
     ):
         out[name] = _per_kb(fn, text, 100 if len(text) < 2000 else 10)
     short = "Summarise the plan in one line."
-    t = time.perf_counter()
-    for _ in range(20000):
-        scan(short)
-    out["pii_scan_short_prompt_us"] = us((time.perf_counter() - t) / 20000)
+    best = float("inf")
+    for _ in range(20):
+        t = time.perf_counter()
+        for _ in range(1000):
+            scan(short)
+        best = min(best, (time.perf_counter() - t) / 1000)
+    out["pii_scan_short_prompt_us"] = us(best)
     out.update(bench_ner())
     out.update(bench_stream())
     out["pii_scan_target_us_per_kb"] = 30

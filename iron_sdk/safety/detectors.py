@@ -46,7 +46,7 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from iron_sdk.safety.normalize import normalize
+from iron_sdk.safety.normalize import needs_normalizing, normalize
 from iron_sdk.safety.validators import iban_ok, luhn_ok
 
 __all__ = ["HOLDBACK", "KINDS", "Finding", "detect", "placeholder", "redact", "resolve", "scan"]
@@ -464,6 +464,8 @@ def scan(text: str) -> list[Finding]:
     The text is normalized first (fast path: plain ASCII is scanned as it is); offsets refer to
     ``text`` itself and cover any removed characters inside a finding.
     """
+    if not needs_normalizing(text):  # the fast path: plain ASCII
+        return detect(text)
     norm = normalize(text)
     found = detect(norm.text)
     if norm.identity or not found:
