@@ -7,7 +7,9 @@
    per-pair difference) — what a user's call pays end to end.
 2. The governance work alone (request policies + reservation + settlement + audit on the
    default SQLite ledger), timed around ``begin_call``/``settle_call`` with no network.
-3. PII scan µs per KB; 4. ``import iron_sdk`` time (fresh interpreters).
+3. PII scan µs per KB (detectors alone and with normalization, custom patterns, NER when the
+   ``ner`` extra is installed) and the added latency per streamed chunk of StreamRedactor;
+4. ``import iron_sdk`` time (fresh interpreters).
 JSON is printed last.
 """
 
@@ -113,26 +115,112 @@ def bench_governance() -> dict[str, float]:
     }
 
 
+UNICODE_PROSE = ("Le rapport trimestriel montre un chiffre d\u2019affaires de "
+                 "1\u202f299,99\u00a0\u20ac par unit\u00e9 \u2014 en hausse de 4,5\u00a0% "
+                 "depuis le 15 janvier. Caf\u00e9 "
+                 "na\u00efve, \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8 \U0001f600. ")
+NER_PROSE = ("Maria Garcia reviewed the quarterly report; revenue rose in Paris and Berlin. "
+             "Ship the samples to 42 Baker Street, London NW1 6XE before Friday. ")
+
+
+def _per_kb(fn: object, text: str, n: int, runs: int = 40) -> float:
+    """Best of ``runs`` runs of ``n`` calls, in microseconds per KB of UTF-8 (the best run is
+    the one least disturbed by other processes)."""
+    best = float("inf")
+    fn(text)  # type: ignore[operator]
+    for _ in range(runs):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn(text)  # type: ignore[operator]
+        best = min(best, (time.perf_counter() - t) / n)
+    return us(best / (len(text.encode()) / 1024))
+
+
 def bench_pii() -> dict[str, float]:
-    from iron_sdk.safety.detectors import scan
+    from iron_sdk.config import SafetyConfig
+    from iron_sdk.safety.detectors import detect, scan
+    from iron_sdk.safety.scanner import scanner_for
 
     kb = (PROSE * 8)[:1024]
     kb_pii = kb[:900] + " mail jane@example.com, call +1 415-555-0132, ip 10.0.0.7."
     ten_kb = (PROSE * 80)[:10240]
-    out = {}
-    for name, text in (("pii_scan_us_per_kb_clean", kb), ("pii_scan_us_per_kb_with_pii", kb_pii),
-                       ("pii_scan_us_per_kb_10kb", ten_kb)):
-        n = 2000 if len(text) < 2000 else 300
-        scan(text)
-        t = time.perf_counter()
-        for _ in range(n):
-            scan(text)
-        out[name] = us((time.perf_counter() - t) / n / (len(text.encode()) / 1024))
+    uni_kb = (UNICODE_PROSE * 8)[:700]  # about 1 KB of UTF-8
+    disguised = uni_kb[:500] + " jane\uff20example.com, \uff14\uff11\uff11\uff11 1111 1111 1111."
+    custom = scanner_for(SafetyConfig(
+        patterns=[{"kind": "employee_id", "regex": r"EMP-[0-9]{6}"},
+                  {"kind": "loyalty", "regex": r"LC[0-9]{16}", "validator": "luhn"}],
+        allow={"support@company.example"}))
+    out: dict[str, float] = {}
+    for name, fn, text in (
+        # detect = the detectors alone (no normalization), scan = normalization + detectors
+        ("pii_detect_us_per_kb_clean", detect, kb),
+        ("pii_scan_us_per_kb_clean", scan, kb),
+        ("pii_scan_us_per_kb_with_pii", scan, kb_pii),
+        ("pii_scan_us_per_kb_10kb", scan, ten_kb),
+        ("pii_detect_us_per_kb_unicode_prose", detect, uni_kb),
+        ("pii_scan_us_per_kb_unicode_prose", scan, uni_kb),
+        ("pii_scan_us_per_kb_disguised", scan, disguised),
+        ("pii_scan_us_per_kb_custom_patterns", custom.scan, kb),
+    ):
+        out[name] = _per_kb(fn, text, 100 if len(text) < 2000 else 10)
     short = "Summarise the plan in one line."
+    best = float("inf")
+    for _ in range(20):
+        t = time.perf_counter()
+        for _ in range(1000):
+            scan(short)
+        best = min(best, (time.perf_counter() - t) / 1000)
+    out["pii_scan_short_prompt_us"] = us(best)
+    out.update(bench_ner())
+    out.update(bench_stream())
+    out["pii_scan_target_us_per_kb"] = 30
+    return out
+
+
+def bench_ner() -> dict[str, float]:
+    try:
+        from iron_ner.detector import NerUnavailableError, default_detector
+
+        detector = default_detector()
+    except (ImportError, NerUnavailableError):
+        return {}
     t = time.perf_counter()
-    for _ in range(20000):
-        scan(short)
-    out["pii_scan_short_prompt_us"] = us((time.perf_counter() - t) / 20000)
+    detector.find("warm up")
+    kb = (NER_PROSE * 8)[:1024]
+    return {"ner_us_per_kb": _per_kb(detector.find, kb, 5, runs=6),
+            "ner_first_load_s": round(time.perf_counter() - t, 2)}
+
+
+def bench_stream() -> dict[str, float]:
+    """Added latency per streamed chunk: a 4 KB answer fed as 4- and 16-character deltas
+    (a token is about 4 characters), through StreamRedactor.feed and as plain string joins."""
+    from iron_sdk.config import SafetyConfig
+    from iron_sdk.safety.stream import StreamRedactor, ToolArgumentsRedactor
+
+    answer = (PROSE * 20)[:4000] + " mail jane@example.com now."
+    out: dict[str, float] = {}
+    for size in (4, 16):
+        chunks = [answer[i:i + size] for i in range(0, len(answer), size)]
+        best = float("inf")
+        for _ in range(5):
+            r = StreamRedactor.for_config(SafetyConfig())
+            t = time.perf_counter()
+            for c in chunks:
+                r.feed(c)
+            r.finish()
+            best = min(best, (time.perf_counter() - t) / len(chunks))
+        out[f"stream_redactor_us_per_chunk_{size}ch"] = us(best)
+    args = '{"to": "jane@example.com", "body": "' + "x" * 200 + '", "n": 3}'
+    deltas = [args[i:i + 8] for i in range(0, len(args), 8)]
+    best = float("inf")
+    for _ in range(5):
+        r2 = ToolArgumentsRedactor()
+        t = time.perf_counter()
+        for _ in range(200):
+            for d in deltas:
+                r2.feed(d)
+        best = min(best, (time.perf_counter() - t) / (200 * len(deltas)))
+    out["tool_args_redactor_us_per_delta_8ch"] = us(best)
     return out
 
 

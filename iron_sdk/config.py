@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 
 from iron_sdk.errors import PolicyViolationError
 
@@ -67,20 +68,75 @@ class BudgetConfig(_Config):
         return self.model_copy(update=update) if update else self
 
 
+class CustomPattern(_Config):
+    """An operator's own detector: a regular expression, the kind it reports and an optional
+    check-digit validator (``luhn``, ``iban``) the match (or its group named ``value``) must
+    pass; ``luhn`` reads only the digits.
+
+    It runs on the normalized text like the built-ins (digits, ``@`` and separators
+    undisguised), and its findings are redacted as ``[KIND_REDACTED]``. ``secret: true``
+    gives it the ``secrets`` action instead of the ``pii`` one.
+    """
+
+    kind: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    regex: str = Field(min_length=1)
+    validator: Literal["luhn", "iban"] | None = None
+    ignore_case: bool = False
+    secret: bool = False
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        return _check_regex(value)
+
+
+def _check_regex(value: str) -> str:
+    """A regex that compiles and cannot match the empty string, else a clear ValueError."""
+    try:
+        rx = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression ({exc})") from None
+    if rx.fullmatch("") is not None:
+        raise ValueError("the regular expression matches the empty string")
+    return value
+
+
 class SafetyConfig(_Config):
     """What to do with PII and secrets found in a prompt.
 
     ``redact`` replaces them with placeholders such as ``[EMAIL_REDACTED]`` before the
     prompt leaves; ``block`` refuses the call; ``log`` only records the finding kinds.
     ``secrets`` overrides the action for keys, private keys and JWTs.
+
+    ``patterns`` adds custom detectors; ``allow`` (exact values, compared case-insensitively)
+    and ``allow_patterns`` (regexes the whole value must match) are never reported, e.g. the
+    company's support address. Allow-lists loosen the policy: they belong to the operator.
+    ``ner`` turns on the name/address/date-of-birth plugin (``iron-sdk[ner]``) if installed.
+    ``response`` is the action for what a model's answer contains (plain or streamed, see
+    :class:`iron_sdk.safety.stream.StreamRedactor`), every kind alike.
     """
 
     pii: PiiAction = "redact"
     secrets: PiiAction | None = None
     kinds: frozenset[str] | None = None  # None: every built-in detector
+    patterns: tuple[CustomPattern, ...] = ()
+    allow: frozenset[str] = frozenset()
+    allow_patterns: tuple[str, ...] = ()
+    ner: bool = False
+    response: PiiAction = "log"
+
+    @field_validator("allow_patterns")
+    @classmethod
+    def _allow_compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, rx in enumerate(value):
+            try:
+                _check_regex(rx)
+            except ValueError as exc:
+                raise ValueError(f"allow_patterns[{i}]: {exc}") from None
+        return value
 
     def action_for(self, kind: str) -> PiiAction:
-        if self.secrets is not None and kind in SECRET_KINDS:
+        if self.secrets is not None and (kind in SECRET_KINDS or kind in self._secret_kinds):
             return self.secrets
         return self.pii
 
@@ -109,7 +165,24 @@ class SafetyConfig(_Config):
                 self.kinds is None or not self.kinds <= asked.kinds):
             raise PolicyViolationError("safety.kinds", "the agent may not turn detectors "
                                        "off")
+        for name in ("allow", "allow_patterns"):
+            if name in given and getattr(asked, name):
+                raise PolicyViolationError(f"safety.{name}", "allow-lists belong to the "
+                                           "operator")
+        if "patterns" in given and asked.patterns:
+            update["patterns"] = (*self.patterns, *asked.patterns)  # more detectors
+        if "ner" in given and asked.ner:
+            update["ner"] = True
+        if "response" in given:
+            if PII_STRICTNESS[asked.response] < PII_STRICTNESS[self.response]:
+                raise PolicyViolationError("safety.response", f"the operator's response "
+                                           f"action is '{self.response}'")
+            update["response"] = asked.response
         return self.model_copy(update=update) if update else self
+
+    @property
+    def _secret_kinds(self) -> frozenset[str]:
+        return frozenset(p.kind for p in self.patterns if p.secret)
 
 
 SECRET_KINDS = frozenset({"api_key", "private_key", "jwt"})

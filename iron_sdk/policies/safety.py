@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from iron_sdk.errors import RuntimeUnavailableError, SafetyViolationError
 from iron_sdk.events import make_event
 from iron_sdk.hookspecs import hookimpl
-from iron_sdk.safety.detectors import Finding, redact, scan
+from iron_sdk.safety.detectors import Finding, redact, resolve
+from iron_sdk.safety.scanner import scanner_for, using_config
 
 if TYPE_CHECKING:
     from iron_sdk.call import LlmCall
@@ -29,14 +30,20 @@ class SafetyPolicy:
     def iron_configure(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def _findings(self, text: str) -> list[Finding]:
-        found = scan(text)
+    def _findings(self, text: str, cfg: SafetyConfig) -> list[Finding]:
+        """Built-in, custom-pattern and plugin findings in ``text`` that ``cfg`` counts
+        (allow-lists applied, ``cfg.kinds`` honoured), sorted and non-overlapping."""
+        scanner = scanner_for(cfg)
+        found = scanner.scan(text)
         assert self.runtime is not None
         extra_hook = self.runtime.pm.hook.iron_detect
         if extra_hook.get_hookimpls():  # only pay for the hook call when someone listens
-            for extra in extra_hook(text=text):
-                found.extend(extra or ())
-            found = _non_overlapping(found)
+            extras: list[Finding] = []
+            with using_config(cfg):  # plugins read it with iron_sdk.safety.current_config()
+                for extra in extra_hook(text=text):
+                    extras.extend(extra or ())
+            if extras:
+                found = resolve(found + scanner.keep(text, extras))
         return found
 
     @hookimpl(tryfirst=True)
@@ -79,9 +86,7 @@ class SafetyPolicy:
     def _scan_text(self, text: str, cfg: SafetyConfig, kinds: Counter[str],
                    blocked: set[str], can_redact: bool) -> str | None:
         """Scan one text; return it redacted, or None when nothing is to be redacted."""
-        findings = self._findings(text)
-        if cfg.kinds is not None:
-            findings = [f for f in findings if f.kind in cfg.kinds]
+        findings = self._findings(text, cfg)
         to_redact = []
         for f in findings:
             action = cfg.action_for(f.kind)
@@ -94,11 +99,3 @@ class SafetyPolicy:
                 to_redact.append(f)
         return redact(text, to_redact) if to_redact else None
 
-
-def _non_overlapping(findings: list[Finding]) -> list[Finding]:
-    """Sort by start and drop findings overlapping an earlier, longer one."""
-    out: list[Finding] = []
-    for f in sorted(findings, key=lambda f: (f.start, -(f.end - f.start))):
-        if not out or f.start >= out[-1].end:
-            out.append(f)
-    return out

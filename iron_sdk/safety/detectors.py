@@ -16,8 +16,13 @@ also reported as a card and an IPv4-mapped IPv6 address is one finding.
 
 Deliberate trade-offs (pinned by ``tests/test_detectors.py``):
 
+* the text is normalized first (:mod:`iron_sdk.safety.normalize`: NFKC, zero-width and bidi
+  characters removed, Unicode digits, dashes and spaces to ASCII, ``%40``/``&#64;`` to ``@``),
+  and the offsets are mapped back, so disguised values are found and redacted exactly;
+* digit groups may be separated by any mix of space, ``-`` and ``.``
+  (``4111.1111 1111-1111``, ``123 45 6789``, ``555 123 4567``);
 * phones need structure: ``+country ...`` (8-15 digits) or US ``(555) 123-4567`` /
-  ``555-123-4567`` / ``555.123.4567``; bare ``5551234567`` or ``555 123 4567`` are not phones;
+  ``555-123-4567`` / ``555 123 4567``; a bare ``5551234567`` is not a phone;
 * a dotted quad right after a word such as ``v``, ``version``, ``release``, ``build``,
   ``section`` or ``oid`` is a version/section number, not an IP (``version 1.2.3.4``,
   ``#section-4.1.2.1``); ``10.0.19045.1234`` is never an IP (octet > 255), nor is anything with
@@ -26,8 +31,8 @@ Deliberate trade-offs (pinned by ``tests/test_detectors.py``):
   ``x[1::2]``, ``std::map`` or ``dead::beef`` are not IPs;
 * cards must start with 2-6 (Visa/Mastercard/Amex/Discover/JCB/UnionPay/Diners ranges) besides
   passing Luhn, which rejects e.g. millisecond timestamps; grouped cards must use 4-4-4-4(-3) or
-  4-6-4/5 groups with one separator;
-* IBANs are upper case, of a known country and its exact length;
+  4-6-4/5 groups;
+* IBANs (either case) are of a known country and its exact length;
 * ``sk-`` keys need 32+ characters and a digit (``sk-spinner-double-bounce`` is a CSS class);
 * loopback and "any" addresses (``127.0.0.1``, ``0.0.0.0``, ``::1``) are not reported: they are
   not personal data and are everywhere in code; ``foo==1.0.0.0`` is a version, not an IP;
@@ -41,7 +46,10 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "Finding", "placeholder", "redact", "scan"]
+from iron_sdk.safety.normalize import needs_normalizing, normalize
+from iron_sdk.safety.validators import iban_ok, luhn_ok
+
+__all__ = ["HOLDBACK", "KINDS", "Finding", "detect", "placeholder", "redact", "resolve", "scan"]
 
 KINDS: tuple[str, ...] = (
     "email", "phone", "ssn", "credit_card", "iban", "ip_address", "api_key", "private_key", "jwt",
@@ -57,6 +65,13 @@ _PRIORITY: dict[str, int] = {
 }
 _PLACEHOLDERS: dict[str, str] = {k: f"[{k.upper()}_REDACTED]" for k in KINDS}
 
+# A stream must hold back this many trailing characters so that a built-in finding is seen
+# whole before any of it is released: the longest text a detector needs before it reports
+# anything (a 64-character email local part plus '@a.bc', an AWS secret with its label, a
+# spaced IBAN, a PEM header) plus the few characters of look-ahead after it. Findings that
+# keep growing (keys, JWTs, PEM bodies) are held from their start while they touch the end.
+HOLDBACK = 100
+
 _Span = tuple[int, int, str]  # (start, end, kind): findings before overlap resolution
 
 
@@ -67,12 +82,22 @@ class Finding:
     end: int
 
 
+# Kinds of custom patterns and detector plugins: lower-case identifiers ("employee_id").
+KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
 def placeholder(kind: str) -> str:
-    """The redaction marker for ``kind``, e.g. ``"[EMAIL_REDACTED]"``."""
+    """The redaction marker for ``kind``, e.g. ``"[EMAIL_REDACTED]"``, ``"[PERSON_REDACTED]"``.
+
+    Any lower-case identifier is a kind (custom patterns, detector plugins); anything else
+    raises ValueError.
+    """
     try:
         return _PLACEHOLDERS[kind]
     except KeyError:
-        raise ValueError(f"unknown finding kind: {kind!r}") from None
+        if not KIND_RE.fullmatch(kind):
+            raise ValueError(f"not a finding kind: {kind!r}") from None
+        return f"[{kind.upper()}_REDACTED]"
 
 
 # --------------------------------------------------------------------------------------- email
@@ -123,29 +148,29 @@ _NUMERIC = re.compile(
         # soon by a separator and a digit, or by 12 more digits: a cheap filter that rejects
         # most ordinary numbers (years, prices, counts) before any branch is tried.
         (?<![A-Za-z0-9_.][0-9])
-        (?=[0-9]{0,3}[.\- ][0-9]|[0-9]{12})
+        (?=[0-9]{0,7}[.\- ][0-9]|[0-9]{12})
         (?:
             # IPv4 (octet values and version context checked later); '/' '-' may precede
             [0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![A-Za-z0-9_]|\.[0-9])(?P<ipv4>)
-          | (?<![+\-/][0-9])
+          | (?<![+\-/][0-9])(?<![0-9][ .][0-9])  # not inside a longer number run
             (?:
-                # SSN 123-45-6789 (ranges checked later)
-                [0-9]{2}-[0-9]{2}-[0-9]{4}(?![A-Za-z0-9_]|-[0-9])(?P<ssn>)
-                # US '555-123-4567' / '555.123.4567' / '1-800-555-0199' (same separator)
-              | (?:(?<=1)(?P<s0>[.\-])[2-9][0-9]{2}(?P=s0)[0-9]{3}(?P=s0)[0-9]{4}
-                  |(?<=[2-9])[0-9]{2}(?P<s1>[.\-])[0-9]{3}(?P=s1)[0-9]{4})
-                (?![A-Za-z0-9_]|[.\-][0-9])(?P<phone>)
-                # cards: 4-4-4-4(-3), 4-6-4/5, or 13-19 contiguous digits
-              | (?:[0-9]{3}(?P<c1>[ \-])[0-9]{4}(?P=c1)[0-9]{4}(?P=c1)[0-9]{4}
-                    (?:(?P=c1)[0-9]{3})?
-                  |[0-9]{3}(?P<c2>[ \-])[0-9]{6}(?P=c2)[0-9]{4,5}
+                # SSN 123-45-6789, 123 45 6789 (ranges checked later)
+                [0-9]{2}[ .\-][0-9]{2}[ .\-][0-9]{4}(?![A-Za-z0-9_]|[ .\-][0-9])(?P<ssn>)
+                # US '555-123-4567' / '555.123.4567' / '555 123 4567' / '1-800-555-0199'
+              | (?:(?<=1)[ .\-][2-9][0-9]{2}[ .\-][0-9]{3}[ .\-][0-9]{4}
+                  |(?<=[2-9])[0-9]{2}[ .\-][0-9]{3}[ .\-][0-9]{4})
+                (?![A-Za-z0-9_]|[ .\-][0-9])(?P<phone>)
+                # cards: 4-4-4-4(-3) or 4-6-4/5 groups, each separator any of ' .-' or none
+                # (a removed zero-width separator joins two groups), or 13-19 digits
+              | (?:[0-9]{3}[ .\-]?[0-9]{4}[ .\-]?[0-9]{4}[ .\-]?[0-9]{4}(?:[ .\-]?[0-9]{3})?
+                  |[0-9]{3}[ .\-]?[0-9]{6}[ .\-]?[0-9]{4,5}
                   |[0-9]{12,18})
                 (?![A-Za-z0-9_\-]|[.,][0-9])(?P<card>)
             )
         )
-        # IBAN anchored on its first check digit: 'DE89 3704 0044 ...', 'GB82WEST1234...'
-      | (?<=[A-Z]{2}[0-9])(?<![A-Za-z0-9][A-Z]{2}[0-9])
-        [0-9](?:[A-Z0-9]{11,30}|(?:[ ][A-Z0-9]{4}){2,8}(?:[ ][A-Z0-9]{1,3})?)
+        # IBAN anchored on its first check digit: 'DE89 3704 0044 ...', 'gb82west1234...'
+      | (?<=[A-Za-z]{2}[0-9])(?<![A-Za-z0-9][A-Za-z]{2}[0-9])
+        [0-9](?:[A-Za-z0-9]{11,30}|(?:[ ][A-Za-z0-9]{4}){2,8}(?:[ ][A-Za-z0-9]{1,3})?)
         (?![A-Za-z0-9])(?P<iban>)
     )
     """,
@@ -171,8 +196,6 @@ _PHONE_PLUS = re.compile(
 _PHONE_PAREN = re.compile(
     r"\((?<![A-Za-z0-9_(]\()[2-9][0-9]{2}\) ?[0-9]{3}[ .\-][0-9]{4}(?![A-Za-z0-9_]|[.\-][0-9])"
 )
-# Luhn doubles every second digit from the right; this maps a digit to its doubled digit sum.
-_LUHN_DOUBLE = str.maketrans("0123456789", "0246813579")
 # Words after which a dotted quad is a version/section number rather than an address.
 _VERSION_WORDS = frozenset({
     "v", "ver", "version", "release", "build", "section", "sec", "chapter", "step", "clause",
@@ -194,17 +217,12 @@ _IBAN_LEN: dict[str, int] = {
     "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23,
     "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }
-_IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
 
 
 def _card_ok(span: str) -> bool:
-    digits = span.replace(" ", "").replace("-", "")
-    if not 13 <= len(digits) <= 19 or digits[0] not in "23456":  # 2-6: card network ranges
-        return False
-    # Luhn; sum(map(ord)) - 48 per digit is the digit sum without a Python-level loop.
-    doubled = digits[-2::-2].translate(_LUHN_DOUBLE)
-    total = sum(map(ord, digits[-1::-2])) + sum(map(ord, doubled)) - 48 * len(digits)
-    return total % 10 == 0
+    digits = span.replace(" ", "").replace("-", "").replace(".", "")
+    # 2-6: card network ranges
+    return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_ok(digits)
 
 
 def _ssn_ok(span: str) -> bool:
@@ -235,7 +253,7 @@ def _iban_end(text: str, start: int, end: int) -> int:
     A spaced candidate may run into following groups ("... 0130 00 1234"), so the IBAN is cut
     at the country's length - but only where a group ends.
     """
-    length = _IBAN_LEN.get(text[start:start + 2])
+    length = _IBAN_LEN.get(text[start:start + 2].upper())
     if length is None:
         return -1
     count = 0
@@ -248,9 +266,7 @@ def _iban_end(text: str, start: int, end: int) -> int:
                 break
     if cut == -1 or (cut < end and text[cut] != " "):
         return -1
-    compact = text[start:cut].replace(" ", "")
-    rearranged = (compact[4:] + compact[:4]).translate(_IBAN_DIGITS)
-    return cut if int(rearranged) % 97 == 1 else -1
+    return cut if iban_ok(text[start:cut]) else -1
 
 
 def _numbers(text: str, out: list[_Span]) -> None:
@@ -418,12 +434,17 @@ def _secrets(text: str, out: list[_Span]) -> None:
 
 
 # ------------------------------------------------------------------------------------ public
+def resolve(findings: list[Finding]) -> list[Finding]:
+    """Sorted, non-overlapping findings: longest wins, then the more specific kind."""
+    return _resolve([(f.start, f.end, f.kind) for f in findings]) if findings else []
+
+
 def _resolve(spans: list[_Span]) -> list[Finding]:
     """Drop overlaps: longest span wins, then the more specific kind, then the earlier one."""
     spans.sort()
     if all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1)):
         return [Finding(kind, start, end) for start, end, kind in spans]  # common case
-    spans.sort(key=lambda s: (s[0] - s[1], _PRIORITY[s[2]], s[0]))
+    spans.sort(key=lambda s: (s[0] - s[1], _PRIORITY.get(s[2], len(_PRIORITY)), s[0]))
     starts: list[int] = []
     kept: list[_Span] = []  # sorted by start, pairwise disjoint
     for span in spans:
@@ -438,7 +459,22 @@ def _resolve(spans: list[_Span]) -> list[Finding]:
 
 
 def scan(text: str) -> list[Finding]:
-    """All PII/secret findings, sorted by start, non-overlapping (longest/most specific wins)."""
+    """All PII/secret findings, sorted by start, non-overlapping (longest/most specific wins).
+
+    The text is normalized first (fast path: plain ASCII is scanned as it is); offsets refer to
+    ``text`` itself and cover any removed characters inside a finding.
+    """
+    if not needs_normalizing(text):  # the fast path: plain ASCII
+        return detect(text)
+    norm = normalize(text)
+    found = detect(norm.text)
+    if norm.identity or not found:
+        return found
+    return [Finding(f.kind, *norm.original_span(f.start, f.end)) for f in found]
+
+
+def detect(text: str) -> list[Finding]:
+    """The built-in detectors on text that is already normalized (no offset mapping)."""
     spans: list[_Span] = []
     if "@" in text:
         _emails(text, spans)
