@@ -32,6 +32,7 @@ from iron_sdk.errors import (
     UnknownModelPriceError,
 )
 from iron_sdk.events import Event, call_event, make_event
+from iron_sdk.home import secure_home_files
 from iron_sdk.identity import TokenVerifier
 from iron_sdk.interface import GovernanceRuntime
 from iron_sdk.ledger import Ledger, MemoryLedger, open_ledger
@@ -50,7 +51,9 @@ class Runtime:
     def __init__(self, config: RuntimeConfig | None = None, *, ledger: Ledger | None = None,
                  plugins: tuple[object, ...] = ()) -> None:
         self.config = config or RuntimeConfig()
+        self.config.ensure_home()  # 0700 when we create it
         ledger = ledger or open_ledger(self.config.ledger_url())
+        secure_home_files(self.config.home)  # ledger (+ WAL), keys, audit log: 0600
         if self.config.write_behind and not isinstance(ledger, MemoryLedger):
             ledger = WriteBehindLedger(ledger)  # settlements leave the caller's path
         self.ledger = ledger
