@@ -94,7 +94,8 @@ class ModelPrice:
     def __post_init__(self) -> None:
         # A price that travelled as JSON (dataclasses.asdict → the runtime API) comes back
         # with its tiers as lists of [above, dict]: rebuild them.
-        if self.tiers and not all(isinstance(p, ModelPrice) for _, p in self.tiers):
+        if type(self.tiers) is not tuple or not all(
+                type(tier) is tuple and isinstance(tier[1], ModelPrice) for tier in self.tiers):
             object.__setattr__(self, "tiers", tuple(
                 (int(above), p if isinstance(p, ModelPrice) else ModelPrice(**p))
                 for above, p in self.tiers))
