@@ -274,16 +274,13 @@ class PriceDatabase:
         if price.tiers or not price.max_input_tokens:
             return price
         for sibling in self._siblings(key):
-            other = price_from_entry(self.data[sibling], source_key=sibling)
+            entry = self.data[sibling]
+            other = price_from_entry(entry)
             if (other is not None and other.tiers and other.input == price.input
                     and other.output == price.output and other.cache_read == price.cache_read
                     and other.tiers[0][0] >= price.max_input_tokens):
-                tiers = tuple((above, replace(tier, provider=price.provider,
-                                              max_output_tokens=price.max_output_tokens,
-                                              max_input_tokens=price.max_input_tokens,
-                                              source_key=key, tier_source_key=sibling))
-                              for above, tier in other.tiers)
-                return replace(price, tiers=tiers, tier_source_key=sibling)
+                price = replace(price, tier_source_key=sibling)
+                return replace(price, tiers=_tiers(entry, price))
         return price
 
     def _siblings(self, key: str) -> list[str]:
