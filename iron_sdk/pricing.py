@@ -124,7 +124,24 @@ class ModelPrice:
 
     def cost_pico(self, usage: Usage) -> int:
         """Exact cost of ``usage`` in pico-dollars (see :meth:`cost_micro`)."""
-        p = self.tier_for(usage.input_tokens)
+        p = self.tier_for(usage.input_tokens) if self.tiers else self
+        if (usage.cache_creation_1h_tokens or usage.audio_input_tokens or usage.images
+                or usage.image_input_tokens or usage.audio_output_tokens
+                or usage.audio_seconds or usage.video_seconds):
+            return p._cost_pico_all(usage)
+        total_in, total_out = usage.input_tokens, usage.output_tokens
+        cached = min(usage.cached_input_tokens, total_in)
+        written = min(usage.cache_creation_tokens, total_in - cached)
+        reasoning = min(usage.reasoning_tokens, total_out)
+        return ((total_in - cached - written) * p.input
+                + cached * (p.input if p.cache_read is None else p.cache_read)
+                + written * (p.input if p.cache_write is None else p.cache_write)
+                + (total_out - reasoning) * p.output
+                + reasoning * (p.output if p.reasoning is None else p.reasoning))
+
+    def _cost_pico_all(self, usage: Usage) -> int:
+        """Every part of ``usage`` at its own rate (this price is the call's tier)."""
+        p = self
         total_in = usage.input_tokens
         cached = min(usage.cached_input_tokens, total_in)
         cached_audio = min(usage.cached_audio_tokens, cached, usage.audio_input_tokens)
@@ -267,10 +284,12 @@ class PriceDatabase:
 
     def _with_sibling_tiers(self, key: str, price: ModelPrice) -> ModelPrice:
         """An entry whose own data stops at its ``max_input_tokens`` (no tier) takes the
-        tiers of a ``<provider>/<key>`` entry of the same model with the same base prices
-        whose tier starts at or above that limit: past it the entry knows no price, and
-        the provider bills the long-context tier (litellm's ``claude-sonnet-4-5`` lacks the
-        tier its ``vertex_ai/claude-sonnet-4-5`` twin carries; Anthropic bills it)."""
+        tier prices of a ``<provider>/<key>`` entry of the same model with the same base
+        input, output and cache-read prices whose tier starts at or above that limit: past
+        it the entry knows no price, and the provider bills the long-context tier
+        (litellm's ``claude-sonnet-4-5`` lacks the tier its ``vertex_ai/claude-sonnet-4-5``
+        twin carries; Anthropic bills $6/$22.50 per M above 200k, as genai-prices says).
+        A price the tier does not list stays the entry's own."""
         if price.tiers or not price.max_input_tokens:
             return price
         for sibling in self._siblings(key):
