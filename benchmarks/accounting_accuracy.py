@@ -2,9 +2,11 @@
 
 For every chat model in litellm's bundled price map, a grid of usage shapes (plain,
 cached, cache writes 5 min + 1 h, reasoning, audio, per-image, above each long-context
-tier, fine-tune) is priced through the runtime's own path, ``Runtime.price(model)
+tier, each service tier, fine-tune) is priced through the runtime's own path, ``Runtime.price(model)
 .cost_micro(usage)`` (the one a call takes), and compared with an independent
-computation written here from the raw entry keys in exact decimals. Prints the share
+computation written here from the raw entry keys in exact decimals. Service tiers
+(``…_flex``, ``…_priority``, ``…_batches`` prices) are priced as a call whose response
+names that tier. Prints the share
 within 0.1 % and the worst offenders; where ``genai-prices`` is installed, also where
 the two price sources disagree (information, not a failure). JSON last.
 
@@ -106,6 +108,24 @@ def expected_usd(entry: dict[str, Any], tiers: dict[str, Any], u: Usage) -> Deci
             + u.images * (rate(entry, tiers, "input_cost_per_image", n) or 0))
 
 
+_SERVICE_KEY = re.compile(r"(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost"
+                          r"|cache_creation_input_token_cost)(?:_above_\d+k_tokens)?_([a-z]+)")
+
+
+def service_tiers(entry: dict[str, Any]) -> list[str]:
+    """Names of the service tiers (flex, priority, batches...) the entry prices."""
+    return sorted({m[2] for k in entry if (m := _SERVICE_KEY.fullmatch(k))})
+
+
+def as_billed_in(entry: dict[str, Any], service_tier: str) -> dict[str, Any]:
+    """The entry with each ``<price>_<tier>`` value in place of ``<price>``."""
+    billed = dict(entry)
+    for key, value in entry.items():
+        if key.endswith("_" + service_tier):
+            billed[key[: -len(service_tier) - 1]] = value
+    return billed
+
+
 def shapes(entry: dict[str, Any]) -> list[tuple[str, Usage]]:
     grid = [
         ("plain", Usage(12_345, 6_789)),
@@ -127,6 +147,13 @@ def shapes(entry: dict[str, Any]) -> list[tuple[str, Usage]]:
         grid.append((f"above-{above // 1000}k", Usage(
             n, 4_000, cached_input_tokens=n * 3 // 10, cache_creation_tokens=n // 10,
             cache_creation_1h_tokens=n // 20, reasoning_tokens=1_000)))
+    for tier in service_tiers(entry):
+        grid.append((f"svc-{tier}", Usage(100_000, 5_000, cached_input_tokens=40_000,
+                                          cache_creation_tokens=10_000, reasoning_tokens=2_000,
+                                          service_tier=tier)))
+        grid += [(f"svc-{tier}-above-{above // 1000}k", Usage(
+            above + 10_000, 2_000, cached_input_tokens=above // 2, service_tier=tier))
+            for above in thresholds(entry)]
     return grid
 
 
@@ -157,6 +184,8 @@ def price_grid(data: dict[str, Any], chat: list[str], rt: Runtime) -> list[Case]
         entry = data[key]
         # an entry without tiers of its own may take a twin's (see PriceDatabase.lookup)
         tiers = entry if thresholds(entry) else data.get(price.tier_source_key, {})
+        if usage.service_tier:
+            entry = tiers = as_billed_in(entry, usage.service_tier)
         want = expected_usd(entry, tiers, usage) * 1_000_000
         got = price.cost_micro(usage)
         if price.source_key != key:  # priced by another entry: count it as wrong
@@ -188,7 +217,8 @@ def summarize(chat: list[str], cases: list[Case], top: int) -> dict[str, Any]:
     worst = sorted(cases, key=lambda c: c.rel_error, reverse=True)[:top]
     shape_counts: dict[str, int] = {}
     for c in cases:
-        kind = "above-tier" if c.shape.startswith("above") else c.shape
+        kind = ("above-tier" if c.shape.startswith("above") else
+                "service-tier" if c.shape.startswith("svc") else c.shape)
         shape_counts[kind] = shape_counts.get(kind, 0) + 1
     print(f"{len(chat)} chat models, {len(cases)} cases {shape_counts}")
     print(f"within 0.1%: {len(within)}/{len(cases)} = {len(within) / len(cases):.4%}; "

@@ -49,6 +49,7 @@ class Usage:
     images: int = 0  # input images, for models priced per image (multimodal embeddings)
     audio_seconds: float = 0.0  # input audio length, for models priced per second
     video_seconds: float = 0.0  # input video length, for models priced per second
+    service_tier: str = ""  # the provider's billing tier ("flex", "priority"); "" standard
 
 
 @dataclass(slots=True, eq=False)

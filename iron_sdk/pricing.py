@@ -87,18 +87,21 @@ class ModelPrice:
     per_audio_second: int | None = None
     per_video_second: int | None = None
     tiers: tuple[tuple[int, ModelPrice], ...] = ()
+    service_tiers: tuple[tuple[str, ModelPrice], ...] = ()
     max_input_tokens: int | None = None
     source_key: str = ""
     tier_source_key: str = ""
 
     def __post_init__(self) -> None:
         # A price that travelled as JSON (dataclasses.asdict → the runtime API) comes back
-        # with its tiers as lists of [above, dict]: rebuild them.
-        if type(self.tiers) is not tuple or not all(
-                type(tier) is tuple and isinstance(tier[1], ModelPrice) for tier in self.tiers):
-            object.__setattr__(self, "tiers", tuple(
-                (int(above), p if isinstance(p, ModelPrice) else ModelPrice(**p))
-                for above, p in self.tiers))
+        # with its tiers as lists of [key, dict]: rebuild them.
+        for name, cast in (("tiers", int), ("service_tiers", str)):
+            pairs = getattr(self, name)
+            if type(pairs) is not tuple or not all(
+                    type(pair) is tuple and isinstance(pair[1], ModelPrice) for pair in pairs):
+                object.__setattr__(self, name, tuple(
+                    (cast(key), p if isinstance(p, ModelPrice) else ModelPrice(**p))
+                    for key, p in pairs))
 
     @classmethod
     def per_mtok(cls, input_usd: float, output_usd: float, *,
@@ -114,6 +117,16 @@ class ModelPrice:
                    cache_write_1h=per(cache_write_1h_usd), reasoning=per(reasoning_usd),
                    max_output_tokens=max_output_tokens, provider=provider)
 
+    def for_service_tier(self, service_tier: str | None) -> ModelPrice:
+        """The price under a provider service tier (OpenAI's response ``service_tier``:
+        ``flex``, ``priority``; ``batch``); the standard price for ``default``/``auto``/
+        unknown tiers or when the data lists no separate price."""
+        if not service_tier or not self.service_tiers:
+            return self
+        name = service_tier.lower()
+        name = "batches" if name == "batch" else name
+        return next((p for tier, p in self.service_tiers if tier == name), self)
+
     def tier_for(self, input_tokens: int) -> ModelPrice:
         """The price the whole call is billed at, chosen by its total input tokens."""
         price = self
@@ -124,7 +137,8 @@ class ModelPrice:
 
     def cost_pico(self, usage: Usage) -> int:
         """Exact cost of ``usage`` in pico-dollars (see :meth:`cost_micro`)."""
-        p = self.tier_for(usage.input_tokens) if self.tiers else self
+        p = self.for_service_tier(usage.service_tier) if usage.service_tier else self
+        p = p.tier_for(usage.input_tokens) if p.tiers else p
         if (usage.cache_creation_1h_tokens or usage.audio_input_tokens or usage.images
                 or usage.image_input_tokens or usage.audio_output_tokens
                 or usage.audio_seconds or usage.video_seconds):
@@ -178,13 +192,14 @@ class ModelPrice:
     def estimate_micro(self, input_tokens: int, output_tokens: int, *,
                        cache_write: Literal["5m", "1h"] | None = None,
                        audio_input_tokens: int = 0, audio_output: bool = False,
-                       images: int = 0) -> int:
+                       images: int = 0, service_tier: str | None = None) -> int:
         """Upper bound for a reservation: the whole call at the tier ``input_tokens``
         selects; every input token at the dearest rate it can be billed at (plain input,
         or a cache write of the TTL the request asks for; ``audio_input_tokens`` of them at
         the audio rate if dearer); every output token at the dearest output rate
-        (reasoning; audio when ``audio_output``); ``images`` at the per-image price."""
-        p = self.tier_for(input_tokens)
+        (reasoning; audio when ``audio_output``); ``images`` at the per-image price; all
+        under ``service_tier`` when the request asks for one."""
+        p = self.for_service_tier(service_tier).tier_for(input_tokens)
         in_rate = p.input
         if cache_write is not None:
             write = p.input if p.cache_write is None else p.cache_write
@@ -201,10 +216,20 @@ class ModelPrice:
 
 
 def price_from_entry(entry: Mapping[str, Any], *, source_key: str = "") -> ModelPrice | None:
-    """A :class:`ModelPrice` from one price-map entry, tiers included; None for an entry
+    """A :class:`ModelPrice` from one price-map entry, long-context tiers and service
+    tiers (``…_flex``, ``…_priority``, ``…_batches`` keys) included; None for an entry
     without a per-token input price (priced per image/second/query only)."""
     if "input_cost_per_token" not in entry:
         return None
+    price = _standard_price(entry, source_key)
+    variants = service_tier_entries(entry)
+    if not variants:
+        return price
+    return replace(price, service_tiers=tuple(
+        (name, _standard_price(variant, source_key)) for name, variant in sorted(variants.items())))
+
+
+def _standard_price(entry: Mapping[str, Any], source_key: str) -> ModelPrice:
     rates = {name: _pico(entry.get(key)) for name, key in RATE_KEYS.items()}
     rates["input"] = rates["input"] or 0
     rates["output"] = rates["output"] or 0
@@ -214,6 +239,22 @@ def price_from_entry(entry: Mapping[str, Any], *, source_key: str = "") -> Model
         max_input_tokens=entry.get("max_input_tokens"),
         provider=entry.get("litellm_provider", ""), source_key=source_key)
     return replace(base, tiers=_tiers(entry, base))
+
+
+def _is_rate_key(key: str) -> bool:
+    return key in _KEY_FIELD or parse_tier_key(key) is not None
+
+
+def service_tier_entries(entry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The entry as each service tier bills it: ``{"priority": entry with every
+    ``<price>_priority`` in place of ``<price>``}`` (a price the tier does not list stays
+    the standard one)."""
+    variants: dict[str, dict[str, Any]] = {}
+    for key, value in entry.items():
+        base, _, tier = key.rpartition("_")
+        if base and tier.isalpha() and _is_rate_key(base) and not _is_rate_key(key):
+            variants.setdefault(tier, dict(entry))[base] = value
+    return variants
 
 
 def tier_rates(entry: Mapping[str, Any]) -> dict[int, dict[str, float]]:

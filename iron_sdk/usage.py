@@ -41,12 +41,17 @@ def _first(obj: Any, *paths: tuple[str, ...]) -> int:
     return 0
 
 
-def usage_from_openai(usage: Any) -> Usage | None:
+def _tier(value: Any) -> str:
+    return value if isinstance(value, str) and value not in ("default", "auto", "standard") else ""
+
+
+def usage_from_openai(usage: Any, service_tier: str | None = None) -> Usage | None:
     """Usage from an OpenAI-shaped ``usage`` object or dict.
 
     Chat Completions (``prompt_tokens``..., litellm's too, DeepSeek's
     ``prompt_cache_hit_tokens``) or the Responses API (``input_tokens``...). The prompt
     count already includes cached tokens and cache writes; the details are parts of it.
+    ``service_tier`` is the response's (``flex``/``priority`` are billed differently).
     """
     if usage is None:
         return None
@@ -82,6 +87,7 @@ def usage_from_openai(usage: Any) -> Usage | None:
         images=_first(details, ("image_count",)),
         audio_seconds=_num(_get(details, "audio_length_seconds")),
         video_seconds=_num(_get(details, "video_length_seconds")),
+        service_tier=_tier(service_tier),
     )
 
 
@@ -91,7 +97,8 @@ def usage_from_anthropic(usage: Any) -> Usage | None:
 
     Anthropic's ``input_tokens`` excludes ``cache_read_input_tokens`` and
     ``cache_creation_input_tokens``; they are added here so ``Usage.input_tokens`` is the
-    total. ``cache_creation.ephemeral_1h_input_tokens`` is the 1-hour part of the writes.
+    total. ``cache_creation.ephemeral_1h_input_tokens`` is the 1-hour part of the writes;
+    ``service_tier`` (``standard``/``priority``/``batch``) is kept for pricing.
     """
     if usage is None:
         return None
@@ -107,4 +114,5 @@ def usage_from_anthropic(usage: Any) -> Usage | None:
         cached_input_tokens=cached,
         cache_creation_tokens=written,
         cache_creation_1h_tokens=written_1h,
+        service_tier=_tier(field_of(usage, "service_tier")),
     )

@@ -192,6 +192,22 @@ def test_configured_prices_carry_cache_writes(rt: Runtime) -> None:
     assert price.cost_micro(usage) == micro(1.0 + 0.1 + 1.25 + 2.0 + 4.0)
 
 
+def test_service_tiers_are_priced(rt: Runtime) -> None:
+    price = rt.price("gemini-2.5-pro")
+    # priority above 200k: $4.50 in, $27 out per M; flex below it: $0.625, $5
+    assert price.cost_micro(Usage(300_000, 1_000, service_tier="priority")) == micro(1.377)
+    assert price.cost_micro(Usage(100_000, 1_000, service_tier="flex")) == micro(0.0675)
+    assert price.cost_micro(Usage(100_000, 1_000, service_tier="default")) == micro(0.135)
+    assert price.estimate_micro(300_000, 1_000, service_tier="priority") >= micro(1.377)
+    openai_shape = usage_from_openai({"prompt_tokens": 10, "completion_tokens": 1},
+                                     service_tier="priority")
+    assert openai_shape is not None and openai_shape.service_tier == "priority"
+    assert usage_from_openai({"prompt_tokens": 1}, service_tier="default") == Usage(1)
+    batch = usage_from_anthropic({"input_tokens": 1_000_000, "output_tokens": 0,
+                                  "service_tier": "batch"})
+    assert batch is not None and rt.price("claude-sonnet-4-5").cost_micro(batch) == micro(1.5)
+
+
 # -- reservations are upper bounds -----------------------------------------------------
 
 @pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro", "gpt-5.4",
@@ -215,7 +231,7 @@ def test_estimate_bounds_every_split_of_the_same_totals(rt: Runtime, model: str)
 
 
 def test_price_survives_the_runtime_api_json(rt: Runtime) -> None:
-    for model in ("claude-sonnet-4-5", "gpt-5.4", "house-model"):
+    for model in ("claude-sonnet-4-5", "gpt-5.4", "gemini-2.5-pro", "house-model"):
         price = rt.price(model)
         wire = json.loads(json.dumps(dataclasses.asdict(price)))
         assert ModelPrice(**wire) == price
