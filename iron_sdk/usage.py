@@ -9,9 +9,13 @@ a cached token is neither counted twice nor charged at the plain input price.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, fields
 from typing import Any
 
 from iron_sdk.call import Usage, field_of
+from iron_sdk.errors import InvalidRequestError
 
 
 def _int(value: Any) -> int:
@@ -116,3 +120,41 @@ def usage_from_anthropic(usage: Any) -> Usage | None:
         cache_creation_1h_tokens=written_1h,
         service_tier=_tier(field_of(usage, "service_tier")),
     )
+
+
+# -- the wire form (runtime API: the SDK reports usage to the router) --------------------
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Usage)}
+_FIELDS: dict[str, type] = {name: type(default) for name, default in _DEFAULTS.items()}
+
+
+def usage_to_dict(usage: Usage) -> dict[str, Any]:
+    """``usage`` as JSON, only the fields that differ from the default (all of them
+    round-trip through :func:`usage_from_dict`)."""
+    return {name: value for name, value in asdict(usage).items()
+            if value != _DEFAULTS[name] or name in ("input_tokens", "output_tokens")}
+
+
+def usage_from_dict(raw: Mapping[str, Any]) -> Usage:
+    """A :class:`Usage` from its JSON form, every field checked (counts are non-negative
+    integers, seconds non-negative numbers, ``counted`` a boolean, ``service_tier`` a
+    string); raises :class:`~iron_sdk.errors.InvalidRequestError` naming the bad field.
+    Unknown fields (a newer client's) are ignored: refusing them would lose the charge."""
+    if not isinstance(raw, Mapping):
+        raise InvalidRequestError("'usage' must be an object of token counts.")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        kind = _FIELDS.get(name)
+        if kind is None:
+            continue
+        ok = ((kind is int and type(value) is int and value >= 0)
+              or (kind is float and type(value) in (int, float) and value >= 0
+                  and math.isfinite(value))
+              or (kind is bool and type(value) is bool)
+              or (kind is str and type(value) is str and len(value) <= 64))
+        if not ok:
+            expected = {int: "a non-negative integer", float: "a non-negative number",
+                        bool: "a boolean", str: "a string of at most 64 characters"}[kind]
+            raise InvalidRequestError(f"'usage.{name}' must be {expected}.")
+        values[name] = float(value) if kind is float else value
+    return Usage(**values)

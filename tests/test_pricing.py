@@ -20,6 +20,7 @@ import pytest
 from iron_sdk import Runtime, RuntimeConfig
 from iron_sdk.call import Usage
 from iron_sdk.config import ModelPriceConfig
+from iron_sdk.errors import InvalidRequestError
 from iron_sdk.estimate import (
     audio_seconds,
     audio_tokens,
@@ -31,7 +32,7 @@ from iron_sdk.estimate import (
 )
 from iron_sdk.ledger.memory import MemoryLedger
 from iron_sdk.pricing import ModelPrice, candidates, parse_tier_key
-from iron_sdk.usage import usage_from_anthropic, usage_from_openai
+from iron_sdk.usage import usage_from_anthropic, usage_from_dict, usage_from_openai, usage_to_dict
 
 
 @pytest.fixture
@@ -206,6 +207,19 @@ def test_service_tiers_are_priced(rt: Runtime) -> None:
     batch = usage_from_anthropic({"input_tokens": 1_000_000, "output_tokens": 0,
                                   "service_tier": "batch"})
     assert batch is not None and rt.price("claude-sonnet-4-5").cost_micro(batch) == micro(1.5)
+
+
+def test_usage_wire_form_round_trips_and_checks_fields() -> None:
+    usage = Usage(10, 2, cached_input_tokens=3, cache_creation_1h_tokens=0, audio_seconds=1.5,
+                  service_tier="flex", counted=True)
+    assert usage_from_dict(json.loads(json.dumps(usage_to_dict(usage)))) == usage
+    assert usage_from_dict({"input_tokens": 5, "from_a_newer_client": 1}) == Usage(5)
+    for bad in ({"input_tokens": -1}, {"output_tokens": 1.5}, {"counted": 1},
+                {"audio_seconds": float("nan")}, {"input_tokens": True}, {"service_tier": 3}):
+        with pytest.raises(InvalidRequestError, match="usage."):
+            usage_from_dict(bad)
+    with pytest.raises(InvalidRequestError):
+        usage_from_dict([1, 2])  # type: ignore[arg-type]
 
 
 # -- reservations are upper bounds -----------------------------------------------------
