@@ -13,7 +13,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -45,8 +45,11 @@ _UNIT = {"": 1, "k": 1_000, "m": 1_000_000}
 _KEY_FIELD = {key: name for name, key in RATE_KEYS.items()}
 
 
-def _pico(per_unit_usd: float | None) -> int | None:
-    return None if per_unit_usd is None else round(per_unit_usd * 1e12)
+def _pico(per_unit_usd: Any) -> int | None:
+    """USD per unit → pico-dollars; None for a missing (or non-numeric) price."""
+    if not isinstance(per_unit_usd, int | float) or isinstance(per_unit_usd, bool):
+        return None
+    return round(per_unit_usd * 1e12)
 
 
 def parse_tier_key(key: str) -> tuple[str, int] | None:
@@ -200,7 +203,7 @@ class ModelPrice:
         (reasoning; audio when ``audio_output``); ``images`` at the per-image price; all
         under ``service_tier`` when the request asks for one."""
         p = self.for_service_tier(service_tier).tier_for(input_tokens)
-        in_rate = p.input
+        in_rate = max(p.input, p.cache_read or 0)  # a cache read is never dearer, in sane data
         if cache_write is not None:
             write = p.input if p.cache_write is None else p.cache_write
             in_rate = max(in_rate, write)
@@ -352,13 +355,6 @@ class PriceDatabase:
                     index.setdefault("/".join(parts[i:]), []).append(name)
             self._suffixes = {k: sorted(v) for k, v in index.items()}
         return self._suffixes.get(key, [])
-
-    def chat_models(self) -> Iterator[str]:
-        """Keys of every chat model priced per token."""
-        for key, entry in self.data.items():
-            if (isinstance(entry, dict) and entry.get("mode") == "chat"
-                    and "input_cost_per_token" in entry):
-                yield key
 
 
 def candidates(model: str) -> list[str]:
