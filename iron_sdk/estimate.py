@@ -165,18 +165,19 @@ def _decode_head(b64: str, nbytes: int) -> bytes:
 
 
 def image_size_from_base64(b64: str) -> tuple[int, int] | None:
-    """(width, height) of a base64 PNG, JPEG, GIF or WebP, decoding only its header."""
+    """(width, height) of a base64 PNG, JPEG, GIF or WebP, decoding only its header;
+    None when it is none of them or its header is unreadable."""
     head = _decode_head(b64, _HEAD)
+    size: tuple[int, int] | None = None
     if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
-        width, height = struct.unpack(">II", head[16:24])
-        return (width, height) if width and height else None
-    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
-        return struct.unpack("<HH", head[6:10])
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return _webp_size(head)
-    if head[:2] == b"\xff\xd8":
-        return _jpeg_size(b64, head)
-    return None
+        size = struct.unpack(">II", head[16:24])
+    elif head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        size = struct.unpack("<HH", head[6:10])
+    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        size = _webp_size(head)
+    elif head[:2] == b"\xff\xd8":
+        size = _jpeg_size(b64, head)
+    return size if size and size[0] > 0 and size[1] > 0 else None
 
 
 def image_size_from_data_url(url: str) -> tuple[int, int] | None:
@@ -222,7 +223,7 @@ def _jpeg_size(b64: str, head: bytes) -> tuple[int, int] | None:
             continue
         if marker in _SOF:
             height, width = struct.unpack(">HH", head[pos + 5: pos + 9])
-            return (width, height) if width and height else None
+            return width, height
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             pos += 2
             continue

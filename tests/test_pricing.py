@@ -312,6 +312,22 @@ def test_image_size_jpeg_and_webp() -> None:
     assert image_size_from_data_url(data_url("image/webp", out.getvalue())) == (640, 360)
 
 
+def test_truncated_or_garbage_images_give_none_never_an_error() -> None:
+    pil = pytest.importorskip("PIL.Image")
+    out = io.BytesIO()
+    pil.new("RGB", (40, 30)).save(out, "JPEG")
+    rng = random.Random(7)
+    for data in (png_bytes(40, 30), gif_bytes(40, 30), out.getvalue()):
+        b64 = base64.b64encode(data).decode()
+        for cut in range(0, min(len(b64), 400), 4):
+            assert image_size_from_base64(b64[:cut]) in (None, (40, 30))
+    for _ in range(300):
+        junk = bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
+        for prefix in (b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBPVP8X", b"GIF89a"):
+            size = image_size_from_base64(base64.b64encode(prefix + junk).decode())
+            assert size is None or (size[0] > 0 and size[1] > 0)
+
+
 def test_image_tokens_by_published_formulas() -> None:
     assert image_tokens("gpt-4o", 1024, 1024, "high") == 85 + 170 * 4
     assert image_tokens("openai/gpt-4o", 2048, 4096, "high") == 1105  # OpenAI's example
