@@ -14,35 +14,49 @@ from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
 
-from iron_sdk.call import Usage, field_of
+from iron_sdk.call import Usage
 from iron_sdk.errors import InvalidRequestError
+
+_NONE: Mapping[str, Any] = {}
+
+
+class _Attributes(Mapping[str, Any]):
+    """An object without ``__dict__`` read by attribute (rare: slotted classes)."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self._obj, name, None)
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _view(obj: Any) -> Mapping[str, Any]:
+    """All fields of a usage object at once: a dict as is; a pydantic model (openai's,
+    anthropic's, litellm's) from its ``__dict__`` plus extras. One view per object, then
+    plain ``.get`` (15+ ``field_of`` calls per usage cost ~5x more)."""
+    if obj is None:
+        return _NONE
+    if isinstance(obj, dict):
+        return obj
+    fields_ = getattr(obj, "__dict__", None)
+    if fields_ is None:
+        return _Attributes(obj)
+    extra = getattr(obj, "__pydantic_extra__", None)
+    return {**fields_, **extra} if extra else fields_
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if type(value) is int and value > 0 else 0
 
 
 def _num(value: Any) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-    return float(value) if ok else 0.0
-
-
-def _get(obj: Any, *path: str) -> Any:
-    for name in path:
-        if obj is None:
-            return None
-        obj = field_of(obj, name)
-    return obj
-
-
-def _first(obj: Any, *paths: tuple[str, ...]) -> int:
-    """The first positive count found along ``paths`` (providers spell the same count
-    differently; litellm mirrors some of them)."""
-    for path in paths:
-        value = _int(_get(obj, *path))
-        if value:
-            return value
-    return 0
+    return float(value) if type(value) in (int, float) and value > 0 else 0.0
 
 
 def _tier(value: Any) -> str:
@@ -59,38 +73,43 @@ def usage_from_openai(usage: Any, service_tier: str | None = None) -> Usage | No
     """
     if usage is None:
         return None
-    input_tokens = field_of(usage, "prompt_tokens")
+    u = _view(usage)
+    input_tokens = u.get("prompt_tokens")
     if input_tokens is None:  # the Responses API's names
-        details = field_of(usage, "input_tokens_details")
-        out_details = field_of(usage, "output_tokens_details")
-        input_tokens = field_of(usage, "input_tokens")
-        output_tokens = field_of(usage, "output_tokens")
+        details = _view(u.get("input_tokens_details"))
+        out_details = _view(u.get("output_tokens_details"))
+        input_tokens = u.get("input_tokens")
+        output_tokens = u.get("output_tokens")
     else:
-        details = field_of(usage, "prompt_tokens_details")
-        out_details = field_of(usage, "completion_tokens_details")
-        output_tokens = field_of(usage, "completion_tokens")
-    written = _first(usage, ("prompt_tokens_details", "cache_write_tokens"),
-                     ("prompt_tokens_details", "cache_creation_tokens"),
-                     ("cache_creation_input_tokens",))
-    written_1h = (_first(details, ("cache_creation_token_details", "ephemeral_1h_input_tokens"))
-                  or _first(usage, ("cache_creation_token_details", "ephemeral_1h_input_tokens"),
-                            ("cache_creation", "ephemeral_1h_input_tokens")))
+        details = _view(u.get("prompt_tokens_details"))
+        out_details = _view(u.get("completion_tokens_details"))
+        output_tokens = u.get("completion_tokens")
+    # cache writes: OpenAI's name, litellm's Anthropic mirror, litellm's top-level field
+    written = (_int(details.get("cache_write_tokens")) or _int(details.get("cache_creation_tokens"))
+               or _int(u.get("cache_creation_input_tokens")))
+    written_1h = 0
+    if written:
+        breakdown = (details.get("cache_creation_token_details")
+                     or u.get("cache_creation_token_details") or u.get("cache_creation"))
+        written_1h = min(written, _int(_view(breakdown).get("ephemeral_1h_input_tokens")))
+    cached = (_int(details.get("cached_tokens")) or _int(u.get("prompt_cache_hit_tokens"))
+              or _int(u.get("cache_read_input_tokens")))
+    audio_in = _int(details.get("audio_tokens"))
     return Usage(
         input_tokens=_int(input_tokens),
         output_tokens=_int(output_tokens),
-        cached_input_tokens=(_first(details, ("cached_tokens",))
-                             or _first(usage, ("prompt_cache_hit_tokens",),
-                                       ("cache_read_input_tokens",))),
+        cached_input_tokens=cached,
         cache_creation_tokens=written,
-        cache_creation_1h_tokens=min(written_1h, written),
-        reasoning_tokens=_first(out_details, ("reasoning_tokens",)),
-        audio_input_tokens=_first(details, ("audio_tokens",)),
-        cached_audio_tokens=_first(details, ("cached_tokens_details", "audio_tokens")),
-        image_input_tokens=_first(details, ("image_tokens",)),
-        audio_output_tokens=_first(out_details, ("audio_tokens",)),
-        images=_first(details, ("image_count",)),
-        audio_seconds=_num(_get(details, "audio_length_seconds")),
-        video_seconds=_num(_get(details, "video_length_seconds")),
+        cache_creation_1h_tokens=written_1h,
+        reasoning_tokens=_int(out_details.get("reasoning_tokens")),
+        audio_input_tokens=audio_in,
+        cached_audio_tokens=(_int(_view(details.get("cached_tokens_details")).get("audio_tokens"))
+                             if audio_in and cached else 0),
+        image_input_tokens=_int(details.get("image_tokens")),
+        audio_output_tokens=_int(out_details.get("audio_tokens")),
+        images=_int(details.get("image_count")),
+        audio_seconds=_num(details.get("audio_length_seconds")),
+        video_seconds=_num(details.get("video_length_seconds")),
         service_tier=_tier(service_tier),
     )
 
@@ -106,19 +125,19 @@ def usage_from_anthropic(usage: Any) -> Usage | None:
     """
     if usage is None:
         return None
-    cached = _int(field_of(usage, "cache_read_input_tokens"))
-    written = _int(field_of(usage, "cache_creation_input_tokens"))
-    breakdown = field_of(usage, "cache_creation")
-    written_5m = _int(_get(breakdown, "ephemeral_5m_input_tokens"))
-    written_1h = _int(_get(breakdown, "ephemeral_1h_input_tokens"))
-    written = max(written, written_5m + written_1h)
+    u = _view(usage)
+    cached = _int(u.get("cache_read_input_tokens"))
+    breakdown = _view(u.get("cache_creation"))
+    written_1h = _int(breakdown.get("ephemeral_1h_input_tokens"))
+    written = max(_int(u.get("cache_creation_input_tokens")),
+                  _int(breakdown.get("ephemeral_5m_input_tokens")) + written_1h)
     return Usage(
-        input_tokens=_int(field_of(usage, "input_tokens")) + cached + written,
-        output_tokens=_int(field_of(usage, "output_tokens")),
+        input_tokens=_int(u.get("input_tokens")) + cached + written,
+        output_tokens=_int(u.get("output_tokens")),
         cached_input_tokens=cached,
         cache_creation_tokens=written,
         cache_creation_1h_tokens=written_1h,
-        service_tier=_tier(field_of(usage, "service_tier")),
+        service_tier=_tier(u.get("service_tier")),
     )
 
 

@@ -147,6 +147,25 @@ def test_openai_cached_tokens_are_part_of_the_prompt(rt: Runtime) -> None:
     assert deepseek is not None and deepseek.cached_input_tokens == 60
 
 
+def test_litellm_usage_objects_read_in_our_convention(rt: Runtime) -> None:
+    from litellm.types.utils import Usage as LitellmUsage  # litellm is a dependency
+
+    anthropic_via_litellm = LitellmUsage(
+        prompt_tokens=110_000, completion_tokens=1_000, total_tokens=111_000,
+        cache_creation_input_tokens=100_000, cache_read_input_tokens=0,
+        cache_creation_token_details={"ephemeral_5m_input_tokens": 50_000,
+                                      "ephemeral_1h_input_tokens": 50_000})
+    assert usage_from_openai(anthropic_via_litellm) == Usage(
+        110_000, 1_000, cache_creation_tokens=100_000, cache_creation_1h_tokens=50_000)
+    cached = LitellmUsage(prompt_tokens=10_000, completion_tokens=10, total_tokens=10_010,
+                          cache_read_input_tokens=8_000, cache_creation_input_tokens=1_000)
+    assert usage_from_openai(cached) == Usage(10_000, 10, cached_input_tokens=8_000,
+                                              cache_creation_tokens=1_000)
+    deepseek = LitellmUsage(prompt_tokens=100, completion_tokens=1, total_tokens=101,
+                            prompt_cache_hit_tokens=60, prompt_cache_miss_tokens=40)
+    assert usage_from_openai(deepseek) == Usage(100, 1, cached_input_tokens=60)
+
+
 def test_usage_from_openai_still_importable_from_call() -> None:
     from iron_sdk.call import usage_from_openai as reexported
 
