@@ -225,7 +225,7 @@ def summarize(chat: list[str], cases: list[Case], top: int) -> dict[str, Any]:
           f"equal to the µ$: {len(exact) / len(cases):.4%}")
     print("worst:")
     for c in worst:
-        print(f"  {c.model:60} {c.shape:14} got {c.got_micro} µ$, want {c.want_micro:.6f} "
+        print(f"  {c.model:60} {c.shape:14} got {c.got_micro} µ$, want {c.want_micro!r} "
               f"({c.rel_error:.2e})")
     return {"models": len(chat), "cases": len(cases), "shapes": shape_counts,
             "within_0_1pct": len(within) / len(cases), "exact_micro": len(exact) / len(cases),
