@@ -163,7 +163,7 @@ class Case:
     shape: str
     priced_by: str
     got_micro: int
-    want_micro: float
+    want_micro: Decimal  # exact (the price file's decimals), before rounding up
     rel_error: float
 
 
@@ -192,7 +192,7 @@ def price_grid(data: dict[str, Any], chat: list[str], rt: Runtime) -> list[Case]
             got = -1
         rel = abs(Decimal(got) - math.ceil(want)) / want if want else Decimal(abs(got))
         by = key + (f" (tiers: {price.tier_source_key})" if price.tier_source_key else "")
-        cases.append(Case(model, shape, by, got, float(want), float(rel)))
+        cases.append(Case(model, shape, by, got, want, float(rel)))
     return cases
 
 
@@ -213,7 +213,7 @@ def run(top: int) -> dict[str, Any]:
 
 def summarize(chat: list[str], cases: list[Case], top: int) -> dict[str, Any]:
     within = [c for c in cases if Decimal(c.rel_error) <= TOLERANCE]
-    exact = [c for c in cases if c.got_micro == math.ceil(Decimal(repr(c.want_micro)))]
+    exact = [c for c in cases if c.got_micro == math.ceil(c.want_micro)]
     worst = sorted(cases, key=lambda c: c.rel_error, reverse=True)[:top]
     shape_counts: dict[str, int] = {}
     for c in cases:
@@ -225,7 +225,7 @@ def summarize(chat: list[str], cases: list[Case], top: int) -> dict[str, Any]:
           f"equal to the µ$: {len(exact) / len(cases):.4%}")
     print("worst:")
     for c in worst:
-        print(f"  {c.model:60} {c.shape:14} got {c.got_micro} µ$, want {c.want_micro!r} "
+        print(f"  {c.model:60} {c.shape:14} got {c.got_micro} µ$, want {c.want_micro} "
               f"({c.rel_error:.2e})")
     return {"models": len(chat), "cases": len(cases), "shapes": shape_counts,
             "within_0_1pct": len(within) / len(cases), "exact_micro": len(exact) / len(cases),
@@ -291,7 +291,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--top", type=int, default=10, help="offenders to list")
     report = run(parser.parse_args().top)
-    print(json.dumps(report))
+    print(json.dumps(report, default=str))
     if report["within_0_1pct"] < 1:
         raise SystemExit(1)
 
