@@ -245,7 +245,7 @@ def audio_tokens(model: str, seconds: float) -> int:
     return math.ceil(max(0.0, seconds) * AUDIO_TOKENS_PER_SECOND[family(model)])
 
 
-def audio_seconds(b64: str, fmt: str = "") -> float:
+def audio_seconds(b64: str) -> float:
     """Length of base64 audio: exact for WAV (from its header), else an upper bound from
     its size at :data:`MIN_AUDIO_BYTES_PER_SECOND`."""
     nbytes = len(b64) * 3 // 4
