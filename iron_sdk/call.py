@@ -22,14 +22,31 @@ def new_id() -> str:
 
 @dataclass(slots=True)
 class Usage:
-    """Provider-reported token counts (or counted ones, for streams without usage)."""
+    """Token counts of one call in ONE convention, whatever the provider reported.
+
+    ``input_tokens`` is every input token billed: plain text, cache reads, cache writes,
+    audio and image tokens (OpenAI's ``prompt_tokens``; Anthropic's ``input_tokens +
+    cache_read_input_tokens + cache_creation_input_tokens``). The long-context price tier
+    is chosen by this number. The other input counts are *parts* of it, never added to it;
+    ``output_tokens`` likewise includes reasoning and audio output. Build one from a
+    provider's object with ``iron_sdk.usage.usage_from_openai`` / ``usage_from_anthropic``.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0  # part of input_tokens, billed at the cache-read price
-    cache_creation_tokens: int = 0  # part of input_tokens, billed at the cache-write price
+    cache_creation_tokens: int = 0  # part of input_tokens: every cache write (5 min and 1 h)
     reasoning_tokens: int = 0  # part of output_tokens
     counted: bool = False  # True when estimated by us rather than reported
+    cache_creation_1h_tokens: int = 0  # part of cache_creation_tokens written with a 1 h TTL
+    audio_input_tokens: int = 0  # part of input_tokens (cached audio included)
+    cached_audio_tokens: int = 0  # part of cached_input_tokens and of audio_input_tokens
+    image_input_tokens: int = 0  # part of input_tokens, where images have a token price
+    audio_output_tokens: int = 0  # part of output_tokens
+    images: int = 0  # input images, for models priced per image (multimodal embeddings)
+    audio_seconds: float = 0.0  # input audio length, for models priced per second
+    video_seconds: float = 0.0  # input video length, for models priced per second
+    service_tier: str = ""  # the provider's billing tier ("flex", "priority"); "" standard
 
 
 @dataclass(slots=True, eq=False)
@@ -124,25 +141,10 @@ def field_of(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def usage_from_openai(usage: Any) -> Usage | None:
-    """Usage from an OpenAI ``usage`` object or dict: Chat Completions' shape
-    (``prompt_tokens``...; litellm's too) or the Responses API's (``input_tokens``...)."""
-    if usage is None:
-        return None
-    input_tokens = field_of(usage, "prompt_tokens")
-    if input_tokens is None:  # the Responses API's names
-        input_details = field_of(usage, "input_tokens_details")
-        output_details = field_of(usage, "output_tokens_details")
-        input_tokens = field_of(usage, "input_tokens")
-        output_tokens = field_of(usage, "output_tokens")
-    else:
-        input_details = field_of(usage, "prompt_tokens_details")
-        output_details = field_of(usage, "completion_tokens_details")
-        output_tokens = field_of(usage, "completion_tokens")
-    return Usage(
-        input_tokens=input_tokens or 0,
-        output_tokens=output_tokens or 0,
-        cached_input_tokens=(input_details and field_of(input_details, "cached_tokens")) or 0,
-        cache_creation_tokens=field_of(usage, "cache_creation_input_tokens") or 0,
-        reasoning_tokens=(output_details and field_of(output_details, "reasoning_tokens")) or 0,
-    )
+def __getattr__(name: str) -> Any:
+    """``usage_from_openai`` lives in :mod:`iron_sdk.usage`; re-exported lazily (it imports us)."""
+    if name == "usage_from_openai":
+        from iron_sdk.usage import usage_from_openai
+
+        return usage_from_openai
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -218,6 +218,9 @@ class ModelPriceConfig(_Config):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    cache_write_per_mtok: float | None = Field(default=None, ge=0)  # 5-minute cache writes
+    cache_write_1h_per_mtok: float | None = Field(default=None, ge=0)  # 1-hour cache writes
+    reasoning_per_mtok: float | None = Field(default=None, ge=0)  # unset: the output price
     max_output_tokens: int | None = Field(default=None, gt=0)
 
 
