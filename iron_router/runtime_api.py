@@ -56,10 +56,9 @@ from iron_sdk.call import LlmCall, Usage
 from iron_sdk.errors import InvalidTokenError, IronCageError
 from iron_sdk.request import read_request
 from iron_sdk.runtime import collect_events
+from iron_sdk.usage import usage_from_dict
 
 log = logging.getLogger("iron_router.runtime_api")
-_USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens",
-                 "cache_creation_tokens", "reasoning_tokens")
 MAX_TOKENS_PER_CALL = 10_000_000  # no model bills more tokens in one call
 
 
@@ -204,14 +203,6 @@ def _owner(request: Request) -> bytes | None:
     return owner_of(_token(request))
 
 
-def _count(value: Any, name: str, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if type(value) is not int or not 0 <= value <= MAX_TOKENS_PER_CALL:
-        raise _BadRequest(f"'{name}' must be an integer from 0 to {MAX_TOKENS_PER_CALL}.")
-    return value
-
-
 @_endpoint
 async def open_session(request: Request) -> Response:
     """Open a session for the agent the IC token names.
@@ -324,11 +315,7 @@ def _usage(raw: Any, call: LlmCall) -> Usage:
     """A usage report, checked: integers within what one call of the model can bill."""
     if not isinstance(raw, dict):
         raise _BadRequest("'usage' must be an object of token counts.")
-    counted = raw.get("counted", False)
-    if not isinstance(counted, bool):
-        raise _BadRequest("'usage.counted' must be a boolean.")
-    usage = Usage(*(_count(raw.get(f, 0), f"usage.{f}") for f in _USAGE_FIELDS),
-                  counted=counted)
+    usage = usage_from_dict(raw)
     limit = _billable(call)
     if usage.input_tokens + usage.output_tokens > limit:
         raise _BadRequest(f"'usage' reports more tokens than one call of {call.model} can "

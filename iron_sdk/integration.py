@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from iron_sdk.call import LlmCall, ToolCall, Usage, field_of, usage_from_openai
+from iron_sdk.call import LlmCall, ToolCall, Usage, field_of
 from iron_sdk.events import Event, call_event, make_event
 from iron_sdk.guard import is_outer_governed, outer_governed
 from iron_sdk.hookspecs import hookimpl
@@ -45,10 +45,10 @@ from iron_sdk.meter import (
     settle_reserved,
     settle_response,
     settle_text,
-    usage_from_anthropic,
 )
 from iron_sdk.request import LlmRequest, Media, Text, Writable, read_request
 from iron_sdk.session import Session, active_session
+from iron_sdk.usage import usage_from_anthropic, usage_from_openai
 
 __all__ = [
     "Event", "LlmCall", "LlmRequest", "Media", "Meter", "MeteredStream", "Patches",

@@ -21,9 +21,10 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from iron_sdk.call import Usage, field_of, usage_from_openai
+from iron_sdk.call import Usage, field_of
 from iron_sdk.events import call_event
 from iron_sdk.tokens import count_text
+from iron_sdk.usage import usage_from_anthropic, usage_from_openai
 
 if TYPE_CHECKING:
     from iron_sdk.call import LlmCall
@@ -168,19 +169,9 @@ def _usage(result: Any, protocol: Protocol) -> Usage | None:
         return None
     if protocol == "anthropic":
         return usage_from_anthropic(field_of(result, "usage"))
-    return usage_from_openai(field_of(result, "usage"))
-
-
-def usage_from_anthropic(usage: Any) -> Usage | None:
-    """Anthropic's usage: ``input_tokens`` excludes cache reads and writes, which are
-    reported apart; ``Usage.input_tokens`` includes them (OpenAI's convention)."""
-    if usage is None:
-        return None
-    read = field_of(usage, "cache_read_input_tokens") or 0
-    written = field_of(usage, "cache_creation_input_tokens") or 0
-    return Usage(input_tokens=(field_of(usage, "input_tokens") or 0) + read + written,
-                 output_tokens=field_of(usage, "output_tokens") or 0,
-                 cached_input_tokens=read, cache_creation_tokens=written)
+    tier = field_of(result, "service_tier")
+    return usage_from_openai(field_of(result, "usage"),
+                             service_tier=tier if isinstance(tier, str) else None)
 
 
 def _choice_text(choice: Any) -> str:
@@ -260,11 +251,13 @@ def _observe_anthropic(meter: Meter, event: Any) -> bool:
             meter.parts.append(text)
     elif kind == "message_start":
         meter.usage = usage_from_anthropic(field_of(field_of(event, "message"), "usage"))
-    elif kind == "message_delta":
+    elif kind == "message_delta":  # the final counts (input repeated by newer APIs)
         usage = field_of(event, "usage")
         output = field_of(usage, "output_tokens") if usage is not None else None
         if output is not None:
             base = meter.usage or Usage()
+            if field_of(usage, "input_tokens") is not None:
+                base = usage_from_anthropic(usage) or base
             base.output_tokens = output
             meter.usage = base
     return True

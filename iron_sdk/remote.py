@@ -37,6 +37,7 @@ from iron_sdk.errors import (
 from iron_sdk.plugins import call_each
 from iron_sdk.remote_transport import Connection, ProtocolError
 from iron_sdk.session import Session
+from iron_sdk.usage import usage_to_dict
 
 if TYPE_CHECKING:
     from iron_sdk.events import Event
@@ -331,12 +332,8 @@ class RemoteRuntime:
                 call.session.calls += 1
             return call
         try:
-            reply = self._request("POST", f"/calls/{call.call_id}/settle", {"usage": {
-                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-                "cached_input_tokens": usage.cached_input_tokens,
-                "cache_creation_tokens": usage.cache_creation_tokens,
-                "reasoning_tokens": usage.reasoning_tokens, "counted": usage.counted}},
-                call.session.token)
+            reply = self._request("POST", f"/calls/{call.call_id}/settle",
+                                  {"usage": usage_to_dict(usage)}, call.session.token)
         except (_Unreachable, IronCageError) as exc:
             log.error("iron runtime could not settle call %s (%s in, %s out tokens): %s",
                       call.call_id, usage.input_tokens, usage.output_tokens, exc)

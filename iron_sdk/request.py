@@ -75,7 +75,9 @@ class Text:
 
 @dataclass(slots=True)
 class Media:
-    """An image, audio clip or file of the request (``source`` is a URL or data URL)."""
+    """An image, audio clip or file of the request: ``source`` is a URL or data URL (an
+    image), or the base64 data (audio, a file); None when the request only refers to it
+    (a file id)."""
 
     kind: Literal["image", "audio", "file"]
     source: str | None = None
@@ -333,9 +335,13 @@ def _media(part: str, node: Any, media: list[Media]) -> None:
         media.append(Media("image", source if isinstance(source, str) else None,
                            detail if isinstance(detail, str) else None))
     elif part in _AUDIO_PARTS:
-        media.append(Media("audio"))
+        audio = _field(node, "input_audio") or node
+        data = _field(audio, "data")
+        media.append(Media("audio", data if isinstance(data, str) else None))
     elif part in _FILE_PARTS:
-        media.append(Media("file"))
+        file = _field(node, "file") or node
+        data = _field(file, "file_data") or _field(_field(node, "source") or {}, "data")
+        media.append(Media("file", data if isinstance(data, str) else None))
 
 
 # -- small readers ----------------------------------------------------------------------

@@ -7,6 +7,7 @@ wheel ships the cl100k/o200k files under the names tiktoken caches them by, so w
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from iron_sdk.pricing import litellm_dir
 
 if TYPE_CHECKING:
-    from iron_sdk.request import LlmRequest
+    from iron_sdk.request import LlmRequest, Media
 
 _encoders: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -23,7 +24,7 @@ _lock = threading.Lock()
 PER_MESSAGE = 3
 PER_REPLY = 3
 IMAGE_TOKENS = 765  # a high-detail image tile budget; settle corrects it
-MEDIA_TOKENS = 2_000  # an audio clip or a file whose size is not read here
+MEDIA_TOKENS = 2_000  # an audio clip or a file referred to by id (its size is unknown)
 
 
 def _encoding_name(model: str) -> str:
@@ -92,8 +93,32 @@ def count_request(model: str, request: LlmRequest) -> int:
 
         total += count_text(model, schema_json(request.tool_schemas()))
     for media in request.media:
-        total += IMAGE_TOKENS if media.kind == "image" else MEDIA_TOKENS
+        total += media_tokens(model, media)
     return total
+
+
+def media_tokens(model: str, media: Media) -> int:
+    """What an image, audio clip or file costs as input, by the provider's published
+    formula where its size can be read (an image's header, a WAV's length, a PDF's
+    pages), else the most one can cost."""
+    from iron_sdk import estimate
+
+    source = media.source
+    if media.kind == "image":
+        size = estimate.image_size_from_data_url(source) if source else None
+        if size is None:
+            return estimate.max_image_tokens(model, media.detail or "auto")
+        return estimate.image_tokens(model, *size, media.detail or "auto")
+    if not source:
+        return MEDIA_TOKENS
+    payload = source.split(",", 1)[1] if source.startswith("data:") else source
+    if media.kind == "audio":
+        return estimate.audio_tokens(model, estimate.audio_seconds(payload))
+    try:
+        data = base64.b64decode(payload, validate=False)
+    except ValueError:
+        return MEDIA_TOKENS
+    return estimate.file_tokens(model, data)
 
 
 def count_messages(model: str, messages: list[dict[str, Any]],
