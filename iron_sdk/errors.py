@@ -159,11 +159,80 @@ class ModelNotFoundError(IronCageError):
     type = "invalid_request_error"
 
 
+class ModelNotAllowedError(IronCageError):
+    """The operator's policy does not allow this agent to use the model; nothing was
+    reserved or sent."""
+
+    status = 403
+    code = "model_not_allowed"
+    type = "permission_error"
+
+    def __init__(self, model: str, message: str | None = None) -> None:
+        self.model = model
+        super().__init__(message or (
+            f"Model '{model[:100]}' is not allowed for this agent by the operator's policy "
+            "(`iron-runtime policy show NAME` lists the allowed patterns)."))
+
+    def fields(self) -> dict[str, Any]:
+        return {"model": self.model}
+
+
+class AgentDisabledError(IronCageError):
+    """The operator switched this agent off (``iron-runtime agent disable NAME``)."""
+
+    status = 403
+    code = "agent_disabled"
+    type = "permission_error"
+
+    def __init__(self, agent: str, message: str | None = None) -> None:
+        self.agent = agent
+        super().__init__(message or (
+            f"Agent '{agent}' is disabled by the operator; "
+            f"`iron-runtime agent enable {agent}` switches it back on."))
+
+    def fields(self) -> dict[str, Any]:
+        return {"agent": self.agent}
+
+
+class ToolNotAllowedError(IronCageError):
+    """The operator's policy does not allow this agent to run the tool."""
+
+    status = 403
+    code = "tool_not_allowed"
+    type = "permission_error"
+
+    def __init__(self, tool: str, message: str | None = None) -> None:
+        self.tool = tool
+        super().__init__(message or (
+            f"Tool '{tool[:100]}' is not allowed for this agent by the operator's policy."))
+
+    def fields(self) -> dict[str, Any]:
+        return {"tool": self.tool}
+
+
+class PolicyViolationError(IronCageError):
+    """The request asks for something looser than the operator's policy allows;
+    ``field`` names what (e.g. ``max_tokens``)."""
+
+    status = 403
+    code = "policy_violation"
+    type = "permission_error"
+
+    def __init__(self, field: str, message: str | None = None) -> None:
+        self.field = field
+        super().__init__(message or (
+            f"The request's '{field}' is looser than the operator's policy allows."))
+
+    def fields(self) -> dict[str, Any]:
+        return {"field": self.field}
+
+
 _BY_CODE: dict[str, type[IronCageError]] = {
     cls.code: cls for cls in (InvalidRequestError, InvalidTokenError, BudgetExceededError,
                               SafetyViolationError, RateLimitedError, CircuitOpenError,
                               RuntimeUnavailableError, UnknownModelPriceError,
-                              ModelNotFoundError)
+                              ModelNotFoundError, ModelNotAllowedError, AgentDisabledError,
+                              ToolNotAllowedError, PolicyViolationError)
 }
 
 
@@ -184,6 +253,14 @@ def error_from_body(body: dict[str, Any]) -> IronCageError:
         return CircuitOpenError(err.get("target", ""), err.get("retry_after", 1.0), message)
     if cls is UnknownModelPriceError:
         return UnknownModelPriceError(err.get("model", ""), message=message)
+    if cls is ModelNotAllowedError:
+        return ModelNotAllowedError(err.get("model", ""), message=message)
+    if cls is AgentDisabledError:
+        return AgentDisabledError(err.get("agent", ""), message=message)
+    if cls is ToolNotAllowedError:
+        return ToolNotAllowedError(err.get("tool", ""), message=message)
+    if cls is PolicyViolationError:
+        return PolicyViolationError(err.get("field", ""), message=message)
     if cls is None:
         return IronCageError(message)
     return cls(message)

@@ -41,7 +41,9 @@ def load_secret(home: Path, *, create: bool) -> bytes:
 
 
 def issue_token(home: Path, agent_id: str, *, expires_in_s: float | None = None,
-                scopes: tuple[str, ...] = ()) -> str:
+                scopes: tuple[str, ...] = (), admin: bool = False) -> str:
+    """A signed IC token for ``agent_id``; ``admin`` adds the ``adm`` claim the router's
+    admin API requires (an agent token never carries it)."""
     now = int(time.time())
     claims: dict[str, Any] = {"sub": agent_id, "iss": ISSUER, "iat": now,
                               "jti": secrets.token_hex(8)}
@@ -49,6 +51,8 @@ def issue_token(home: Path, agent_id: str, *, expires_in_s: float | None = None,
         claims["exp"] = now + int(expires_in_s)
     if scopes:
         claims["scopes"] = list(scopes)
+    if admin:
+        claims["adm"] = True
     import jwt  # imported on use: PyJWT pulls in cryptography
 
     return jwt.encode(claims, load_secret(home, create=True), algorithm="HS256")

@@ -1,0 +1,219 @@
+"""Where operator policy lives: beside the budget ledger, in the same database or Redis.
+
+A store holds three things every process sharing the ledger must agree on:
+
+- one :class:`~iron_sdk.policy.model.Policy` record per scope;
+- the rate-limit windows (``take``: requests and tokens per minute, atomic across
+  processes);
+- the tokens issued and revoked (``record_token``, ``revoke_token``, ``revoke_agent``).
+
+Every change bumps one integer, :meth:`PolicyStore.version`, cheap enough for the hot
+path to read on every call; readers reload their cached snapshot only when it moved.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from iron_sdk.errors import InvalidRequestError
+from iron_sdk.policy.model import FIELDS, Policy, make_policy
+
+WINDOW_S = 60.0  # rpm and tpm are counted over a sliding minute
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An issued IC token (never the token itself: its id and claims)."""
+
+    jti: str
+    agent: str
+    scopes: tuple[str, ...] = ()
+    issued: float = 0.0
+    expires: float | None = None
+    admin: bool = False
+    revoked: float | None = None  # when it was revoked (by id or with its agent)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.jti, "agent": self.agent, "scopes": list(self.scopes),
+                "issued": self.issued, "expires": self.expires, "admin": self.admin,
+                "revoked": self.revoked}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the hot path reads, as of ``version``."""
+
+    version: int
+    policies: dict[str, Policy]
+    revoked_ids: frozenset[str]
+    revoked_agents: dict[str, float]  # agent → tokens issued at or before this are revoked
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def window_decision(entries: Iterable[tuple[float, int]], now: float, tokens: int,
+                    rpm: int | None, tpm: int | None) -> float | None:
+    """None if one more request of ``tokens`` fits the window ending at ``now``, else the
+    seconds until it would. ``entries`` are the (time, tokens) still in the window, oldest
+    first. The stores run this inside their own atomic section (Python, SQL or Lua)."""
+    items = sorted(entries)
+    wait = 0.0
+    if rpm is not None and len(items) + 1 > rpm:
+        wait = max(wait, items[len(items) - rpm][0] + WINDOW_S - now)
+    if tpm is not None:
+        used = sum(t for _, t in items)
+        excess = used + tokens - tpm
+        for ts, t in items:
+            if excess <= 0:
+                break
+            excess -= t
+            wait = max(wait, ts + WINDOW_S - now)
+    return max(wait, 0.001) if wait > 0 else None
+
+
+def check_fields(fields: Iterable[str]) -> list[str]:
+    names = list(fields)
+    unknown = [f for f in names if f not in FIELDS]
+    if unknown:
+        raise InvalidRequestError(f"unknown policy field(s) {', '.join(unknown)}; "
+                                  f"known: {', '.join(FIELDS)}")
+    return names
+
+
+class PolicyStore(ABC):
+    """Operator policy storage. Thread-safe; every write is atomic and bumps the version."""
+
+    def __init__(self) -> None:
+        self._snap: Snapshot | None = None
+        self._snap_lock = threading.Lock()
+
+    # -- policy records ------------------------------------------------------------------
+    def get(self, scope: str) -> Policy:
+        """The record stored for ``scope`` (an empty Policy if none)."""
+        return self._load_policies().get(scope) or Policy()
+
+    def set(self, scope: str, **fields: Any) -> Policy:
+        """Set the given fields of ``scope``'s record (others are kept); returns the record.
+
+        ``None`` as a value clears that field. Raises InvalidRequestError for bad values."""
+        check_fields(fields)
+        to_set = {k: v for k, v in fields.items() if v is not None}
+        valid = make_policy(to_set).fields_set()
+        self._write(scope, valid, [k for k, v in fields.items() if v is None])
+        self._invalidate()
+        return self.get(scope)
+
+    def clear(self, scope: str, fields: Iterable[str] | None = None) -> Policy:
+        """Remove the given fields (every field when None) from ``scope``'s record."""
+        self._write(scope, {}, FIELDS if fields is None else check_fields(fields))
+        self._invalidate()
+        return self.get(scope)
+
+    def all(self) -> dict[str, Policy]:
+        """Every stored record, by scope."""
+        return dict(sorted(self._load_policies().items()))
+
+    # -- the hot path ----------------------------------------------------------------------
+    @abstractmethod
+    def version(self) -> int:
+        """An integer that changes whenever a policy or revocation changes anywhere
+        (cheap: cached, re-read at most every few milliseconds; at most 1 s stale)."""
+
+    def snapshot(self) -> Snapshot:
+        """Policies and revocations as of the current version (reloaded when it moved)."""
+        version = self.version()
+        snap = self._snap
+        if snap is not None and snap.version == version:
+            return snap
+        with self._snap_lock:
+            snap = self._snap
+            if snap is None or snap.version != version:
+                ids, agents = self._load_revocations()
+                snap = self._snap = Snapshot(version, self._load_policies(), ids, agents)
+        return snap
+
+    def is_revoked(self, claims: dict[str, Any]) -> str | None:
+        """Why the token with these (verified) claims is revoked, or None."""
+        snap = self.snapshot()
+        if not snap.revoked_ids and not snap.revoked_agents:
+            return None
+        jti = claims.get("jti")
+        if isinstance(jti, str) and jti in snap.revoked_ids:
+            return "The IC token was revoked by the operator."
+        before = snap.revoked_agents.get(claims.get("sub", ""))
+        iat = claims.get("iat")
+        if before is not None and (not isinstance(iat, int | float) or iat <= before):
+            return (f"Every IC token of agent '{claims.get('sub')}' issued until "
+                    "its revocation was revoked by the operator; issue a new one.")
+        return None
+
+    @abstractmethod
+    def take(self, scope: str, tokens: int, rpm: int | None, tpm: int | None,
+             now: float) -> float | None:
+        """Count one request of ``tokens`` against ``scope``'s sliding minute if it fits
+        ``rpm`` and ``tpm`` (atomic across every process sharing the store): None, else
+        the seconds to wait (nothing is counted then)."""
+
+    # -- tokens ----------------------------------------------------------------------------
+    @abstractmethod
+    def record_token(self, record: TokenRecord) -> None:
+        """Remember an issued token (for ``token list``)."""
+
+    @abstractmethod
+    def tokens(self, agent: str | None = None) -> list[TokenRecord]:
+        """Issued tokens (of ``agent``), oldest first, with when they were revoked."""
+
+    def revoke_token(self, jti: str, now: float) -> None:
+        """Revoke one token by its id (known to this store or not)."""
+        if not jti or len(jti) > 200:
+            raise InvalidRequestError("a token id is 1 to 200 characters")
+        self._revoke_token(jti, now)
+        self._invalidate()
+
+    def revoke_agent(self, agent: str, now: float) -> None:
+        """Revoke every token of ``agent`` issued until ``now``."""
+        if not agent or len(agent) > 200:
+            raise InvalidRequestError("an agent name is 1 to 200 characters")
+        self._revoke_agent(agent, now)
+        self._invalidate()
+
+    # -- backends ----------------------------------------------------------------------
+    @abstractmethod
+    def _write(self, scope: str, to_set: dict[str, Any], to_clear: Iterable[str]) -> None:
+        """Atomically set and clear fields of one record and bump the version."""
+
+    @abstractmethod
+    def _load_policies(self) -> dict[str, Policy]: ...
+
+    @abstractmethod
+    def _load_revocations(self) -> tuple[frozenset[str], dict[str, float]]: ...
+
+    @abstractmethod
+    def _revoke_token(self, jti: str, now: float) -> None: ...
+
+    @abstractmethod
+    def _revoke_agent(self, agent: str, now: float) -> None: ...
+
+    def _invalidate(self) -> None:
+        """This process changed something: the next snapshot re-reads."""
+        self._snap = None
+
+    def close(self) -> None:  # noqa: B027 - optional for backends holding nothing
+        """Release connections."""
+
+    def __enter__(self) -> PolicyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def revoked_at(record: TokenRecord, revoked_agents: dict[str, float]) -> float | None:
+    """When ``record`` was revoked, by its id or with its agent (None if it is valid)."""
+    if record.revoked is not None:
+        return record.revoked
+    before = revoked_agents.get(record.agent)
+    return before if before is not None and record.issued <= before else None
