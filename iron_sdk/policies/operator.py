@@ -79,10 +79,10 @@ def call_tokens(call: LlmCall, runtime: Runtime) -> int:
 
 class OperatorPolicy:
     """Plugin ``iron.operator``. ``store`` defaults to the one beside the runtime's ledger;
-    ``clock`` (wall time) paces the rate-limit windows."""
+    ``clock`` (default ``time.time``, read on each call) paces the rate-limit windows."""
 
     def __init__(self, store: PolicyStore | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.store = store
         self._own_store = store is None
         self.clock = clock
@@ -199,7 +199,8 @@ class OperatorPolicy:
                 f"This call may use {tokens} tokens (input + max output), more than the "
                 f"{tpm} tokens per minute allowed (policy of {eff.tpm.source}); "
                 "lower max_tokens or shorten the prompt."))
-        wait = self.store.take(f"agent:{view.agent}", tokens, rpm, tpm, self.clock())
+        now = self.clock() if self.clock is not None else time.time()
+        wait = self.store.take(f"agent:{view.agent}", tokens, rpm, tpm, now)
         if wait is not None:
             raise RateLimitedError(wait, message=(
                 f"Rate limit of agent '{view.agent}' reached "
