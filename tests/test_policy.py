@@ -160,12 +160,14 @@ def test_store_records_versions_and_revocations(backend, tmp_path, request):
 
 
 def test_window_decision_counts_requests_and_tokens():
-    entries = [(0.0, 100), (10.0, 100), (20.0, 100)]
-    assert window_decision(entries, 30.0, 1, rpm=4, tpm=None) is None
-    assert window_decision(entries, 30.0, 1, rpm=3, tpm=None) == pytest.approx(30.0)
-    assert window_decision(entries, 30.0, 150, rpm=None, tpm=400) == pytest.approx(30.0)
-    assert window_decision(entries, 30.0, 250, rpm=None, tpm=400) == pytest.approx(40.0)
-    assert window_decision(entries, 30.0, 100, rpm=None, tpm=400) is None
+    buckets = [(0, 1, 100), (10, 1, 100), (20, 1, 100)]  # (second, requests, tokens)
+    assert window_decision(buckets, 30.0, 1, rpm=4, tpm=None) is None
+    # A bucket counts until a whole window after its end: second + 1 + 60.
+    assert window_decision(buckets, 30.0, 1, rpm=3, tpm=None) == pytest.approx(31.0)
+    assert window_decision(buckets, 30.0, 150, rpm=None, tpm=400) == pytest.approx(31.0)
+    assert window_decision(buckets, 30.0, 250, rpm=None, tpm=400) == pytest.approx(41.0)
+    assert window_decision(buckets, 30.0, 100, rpm=None, tpm=400) is None
+    assert window_decision([(5, 3, 30)], 6.5, 1, rpm=3, tpm=None) == pytest.approx(59.5)
     assert window_decision([], 0.0, 10, rpm=1, tpm=10) is None
 
 
@@ -294,13 +296,13 @@ def test_rate_limit_refuses_then_allows_after_the_window(runtime, provider, clie
     run()
     with pytest.raises(RateLimitedError) as err:
         run()
-    assert 59 < err.value.retry_after <= 60 and err.value.status == 429
+    assert 60 < err.value.retry_after <= 61 and err.value.status == 429
     assert len(provider.requests) == 2
     clock[0] += 30
     with pytest.raises(RateLimitedError) as err:
         run()
-    assert err.value.retry_after == pytest.approx(30, abs=0.01)
-    clock[0] += 30.01
+    assert err.value.retry_after == pytest.approx(31, abs=0.01)
+    clock[0] += 31.01
     run()
     assert len(provider.requests) == 3
 
@@ -317,7 +319,7 @@ def test_tpm_counts_input_and_reserved_output(runtime, provider, client, monkeyp
     with pytest.raises(PolicyViolationError) as err:  # can never fit: not a retry
         _agent(client, "wordy", max_tokens=400)()
     assert err.value.field == "tpm"
-    clock[0] += WINDOW_S
+    clock[0] += WINDOW_S + 1
     run()
     assert len(provider.requests) == 3
 
@@ -465,4 +467,5 @@ def test_rate_limits_hold_across_four_processes(backend, rpm, tpm, tokens, tmp_p
     per_window = rpm if rpm else tpm // tokens
     for t in granted:  # no sliding minute holds more than the limit allows
         assert sum(1 for u in granted if t - WINDOW_S < u <= t) <= per_window
+    assert len(granted) >= 2 * per_window
     assert granted == _expected(rpm, tpm, tokens, 4)  # and nothing more was refused

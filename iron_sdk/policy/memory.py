@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
 from iron_sdk.policy.model import Policy
 from iron_sdk.policy.store import (
-    WINDOW_S,
     PolicyStore,
     TokenRecord,
+    bucket_of,
+    live_after,
     revoked_at,
     window_decision,
 )
@@ -24,7 +24,7 @@ class MemoryPolicyStore(PolicyStore):
         self._lock = threading.Lock()
         self._records: dict[str, dict[str, Any]] = {}
         self._version = 0
-        self._windows: dict[str, deque[tuple[float, int]]] = {}
+        self._windows: dict[str, dict[int, list[int]]] = {}  # scope → second → [n, tokens]
         self._tokens: dict[str, TokenRecord] = {}
         self._revoked_ids: dict[str, float] = {}
         self._revoked_agents: dict[str, float] = {}
@@ -49,12 +49,16 @@ class MemoryPolicyStore(PolicyStore):
     def take(self, scope: str, tokens: int, rpm: int | None, tpm: int | None,
              now: float) -> float | None:
         with self._lock:
-            window = self._windows.setdefault(scope, deque())
-            while window and window[0][0] <= now - WINDOW_S:
-                window.popleft()
-            wait = window_decision(window, now, tokens, rpm, tpm)
+            window = self._windows.setdefault(scope, {})
+            oldest = live_after(now)
+            for second in [s for s in window if s <= oldest]:
+                del window[second]
+            wait = window_decision(((s, n, t) for s, (n, t) in window.items()), now, tokens,
+                                   rpm, tpm)
             if wait is None:
-                window.append((now, tokens))
+                bucket = window.setdefault(bucket_of(now), [0, 0])
+                bucket[0] += 1
+                bucket[1] += tokens
             return wait
 
     def record_token(self, record: TokenRecord) -> None:

@@ -1,8 +1,8 @@
 """Policy store in the ledger's Redis, under its own key prefix (``iron:policy:``).
 
 Keys: ``{p}version`` (INCR on every change), ``{p}rec:{scope}`` hash field → JSON,
-``{p}scopes`` set, ``{p}rl:{scope}`` sorted set (the sliding minute, members
-``id:tokens`` scored by time), ``{p}tok:{jti}`` hash, ``{p}tokens`` sorted set of jtis by
+``{p}scopes`` set, ``{p}rl:{scope}`` hash (the sliding minute: second →
+``requests:tokens``), ``{p}tok:{jti}`` hash, ``{p}tokens`` sorted set of jtis by
 issue time, ``{p}revoked`` hash jti → time, ``{p}revoked_agents`` hash agent → time.
 The version is cached for ``VERSION_TTL_S`` (a change is seen within that).
 """
@@ -10,7 +10,6 @@ The version is cached for ``VERSION_TTL_S`` (a change is seen within that).
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -18,40 +17,52 @@ from typing import Any
 
 from iron_sdk.errors import RuntimeUnavailableError
 from iron_sdk.policy.model import Policy
-from iron_sdk.policy.store import WINDOW_S, PolicyStore, TokenRecord, revoked_at
+from iron_sdk.policy.store import WINDOW_S, PolicyStore, TokenRecord, bucket_of, revoked_at
 
 VERSION_TTL_S = 0.25
 
-# The sliding minute, atomically: KEYS[1] the window; ARGV now, tokens, rpm, tpm (0: none),
-# window seconds, a unique member id. → '' when counted, else the wait in seconds.
+# The sliding minute in one-second buckets, atomically (see store.window_decision).
+# KEYS[1] the hash second → "requests:tokens"; ARGV now, tokens, rpm, tpm (0: none),
+# window seconds, this request's second. → '' when counted, else the wait in seconds.
 _TAKE = """
 local key = KEYS[1]
 local now, tokens = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rpm, tpm, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local items = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-local n = #items / 2
+local oldest = now - window - 1
+local raw = redis.call('HGETALL', key)
+local buckets = {}
+for i = 1, #raw, 2 do
+  local sec = tonumber(raw[i])
+  if sec <= oldest then
+    redis.call('HDEL', key, raw[i])
+  else
+    local n, t = string.match(raw[i + 1], '^(%d+):(%d+)$')
+    buckets[#buckets + 1] = {sec, tonumber(n), tonumber(t)}
+  end
+end
+table.sort(buckets, function(a, b) return a[1] < b[1] end)
 local wait = 0
-if rpm > 0 and n + 1 > rpm then
-  local ts = tonumber(items[(n - rpm) * 2 + 2])
-  wait = math.max(wait, ts + window - now)
-end
-if tpm > 0 then
-  local used = 0
-  for i = 1, #items, 2 do
-    used = used + tonumber(string.match(items[i], ':(%d+)$'))
-  end
-  local excess = used + tokens - tpm
-  local i = 1
-  while excess > 0 and i <= #items do
-    excess = excess - tonumber(string.match(items[i], ':(%d+)$'))
-    wait = math.max(wait, tonumber(items[i + 1]) + window - now)
-    i = i + 2
+local function check(limit, index, need)
+  if limit <= 0 then return end
+  local excess = need - limit
+  for _, b in ipairs(buckets) do excess = excess + b[index] end
+  for _, b in ipairs(buckets) do
+    if excess <= 0 then break end
+    excess = excess - b[index]
+    wait = math.max(wait, b[1] + 1 + window - now)
   end
 end
+check(rpm, 2, 1)
+check(tpm, 3, tokens)
 if wait > 0 then return tostring(math.max(wait, 0.001)) end
-redis.call('ZADD', key, now, ARGV[6] .. ':' .. tokens)
-redis.call('PEXPIRE', key, math.ceil(window * 1000) + 1000)
+local cur = redis.call('HGET', key, ARGV[6])
+local n, t = 0, 0
+if cur then
+  local a, b = string.match(cur, '^(%d+):(%d+)$')
+  n, t = tonumber(a), tonumber(b)
+end
+redis.call('HSET', key, ARGV[6], string.format('%d:%d', n + 1, t + tokens))
+redis.call('PEXPIRE', key, math.ceil((window + 2) * 1000))
 return ''
 """
 
@@ -72,8 +83,6 @@ class RedisPolicyStore(PolicyStore):
         self._version = 0
         self._checked = 0.0
         self._vlock = threading.Lock()
-        self._ids = 0
-        self._id_prefix = os.urandom(6).hex()
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -123,10 +132,9 @@ class RedisPolicyStore(PolicyStore):
 
     def take(self, scope: str, tokens: int, rpm: int | None, tpm: int | None,
              now: float) -> float | None:
-        self._ids += 1
         result = self._call(self._take, keys=[f"{self._p}rl:{scope}"],
                             args=[repr(float(now)), int(tokens), rpm or 0, tpm or 0,
-                                  WINDOW_S, f"{self._id_prefix}-{self._ids}"])
+                                  WINDOW_S, bucket_of(now)])
         return float(result) if result else None
 
     def record_token(self, record: TokenRecord) -> None:

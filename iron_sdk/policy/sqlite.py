@@ -20,7 +20,14 @@ from typing import Any
 
 from iron_sdk.errors import RuntimeUnavailableError
 from iron_sdk.policy.model import Policy
-from iron_sdk.policy.store import WINDOW_S, PolicyStore, TokenRecord, revoked_at, window_decision
+from iron_sdk.policy.store import (
+    PolicyStore,
+    TokenRecord,
+    bucket_of,
+    live_after,
+    revoked_at,
+    window_decision,
+)
 
 CHECK_EVERY_S = 0.005
 
@@ -31,9 +38,9 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS policy_version (
         id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL)""",
     "INSERT OR IGNORE INTO policy_version VALUES (0, 0)",
-    """CREATE TABLE IF NOT EXISTS rate_window (
-        scope TEXT NOT NULL, ts REAL NOT NULL, tokens INTEGER NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS rate_window_by_scope ON rate_window (scope, ts)",
+    """CREATE TABLE IF NOT EXISTS rate_buckets (
+        scope TEXT NOT NULL, second INTEGER NOT NULL, requests INTEGER NOT NULL,
+        tokens INTEGER NOT NULL, PRIMARY KEY (scope, second)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS ic_tokens (
         jti TEXT PRIMARY KEY, agent TEXT, scopes TEXT NOT NULL DEFAULT '[]',
         issued REAL NOT NULL DEFAULT 0, expires REAL, admin INTEGER NOT NULL DEFAULT 0,
@@ -157,13 +164,16 @@ class SQLitePolicyStore(PolicyStore):
     def take(self, scope: str, tokens: int, rpm: int | None, tpm: int | None,
              now: float) -> float | None:
         with self._tx() as conn:
-            conn.execute("DELETE FROM rate_window WHERE scope = ? AND ts <= ?",
-                         (scope, now - WINDOW_S))
-            entries = conn.execute("SELECT ts, tokens FROM rate_window WHERE scope = ? "
-                                   "ORDER BY ts", (scope,)).fetchall()
-            wait = window_decision(entries, now, tokens, rpm, tpm)
+            conn.execute("DELETE FROM rate_buckets WHERE scope = ? AND second <= ?",
+                         (scope, live_after(now)))
+            buckets = conn.execute("SELECT second, requests, tokens FROM rate_buckets "
+                                   "WHERE scope = ?", (scope,)).fetchall()
+            wait = window_decision(buckets, now, tokens, rpm, tpm)
             if wait is None:
-                conn.execute("INSERT INTO rate_window VALUES (?, ?, ?)", (scope, now, tokens))
+                conn.execute("INSERT INTO rate_buckets VALUES (?, ?, 1, ?) ON CONFLICT "
+                             "(scope, second) DO UPDATE SET requests = requests + 1, "
+                             "tokens = tokens + excluded.tokens",
+                             (scope, bucket_of(now), tokens))
         return wait
 
     # -- tokens ----------------------------------------------------------------------------

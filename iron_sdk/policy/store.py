@@ -13,6 +13,7 @@ path to read on every call; readers reload their cached snapshot only when it mo
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -54,23 +55,36 @@ class Snapshot:
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-def window_decision(entries: Iterable[tuple[float, int]], now: float, tokens: int,
+def bucket_of(now: float) -> int:
+    """The one-second bucket a request at ``now`` is counted in."""
+    return math.floor(now)
+
+
+def live_after(now: float) -> float:
+    """Buckets with ``second > live_after(now)`` are in the window ending at ``now``.
+
+    A bucket counts until a full window has passed since its *end* (``second + 1``), so a
+    window never holds more than the limit; a request may wait up to 1 s longer than an
+    exact sliding log would make it (what keeps each scope at most 61 rows)."""
+    return now - WINDOW_S - 1
+
+
+def window_decision(buckets: Iterable[tuple[int, int, int]], now: float, tokens: int,
                     rpm: int | None, tpm: int | None) -> float | None:
     """None if one more request of ``tokens`` fits the window ending at ``now``, else the
-    seconds until it would. ``entries`` are the (time, tokens) still in the window, oldest
-    first. The stores run this inside their own atomic section (Python, SQL or Lua)."""
-    items = sorted(entries)
+    seconds until it would. ``buckets`` are (second, requests, tokens) still in the window.
+    The stores run this inside their own atomic section (a lock, a transaction, Lua)."""
+    items = sorted(buckets)
     wait = 0.0
-    if rpm is not None and len(items) + 1 > rpm:
-        wait = max(wait, items[len(items) - rpm][0] + WINDOW_S - now)
-    if tpm is not None:
-        used = sum(t for _, t in items)
-        excess = used + tokens - tpm
-        for ts, t in items:
+    for limit, index, need in ((rpm, 1, 1), (tpm, 2, tokens)):
+        if limit is None:
+            continue
+        excess = sum(b[index] for b in items) + need - limit
+        for bucket in items:
             if excess <= 0:
                 break
-            excess -= t
-            wait = max(wait, ts + WINDOW_S - now)
+            excess -= bucket[index]
+            wait = max(wait, bucket[0] + 1 + WINDOW_S - now)
     return max(wait, 0.001) if wait > 0 else None
 
 
