@@ -225,3 +225,27 @@ def test_malformed_bodies(setup):
         assert response.status_code in (400, 413), (raw[:20], response.text)
     response = httpx.patch(url, content=b" " * 70_000, headers=headers, timeout=30)
     assert response.status_code == 413
+
+
+def test_door_two_sdk_gets_the_same_typed_errors(setup):
+    """The SDK over HTTP (RemoteRuntime) raises the library-mode exceptions."""
+    from iron_sdk.errors import AgentDisabledError, ModelNotAllowedError, ToolNotAllowedError
+    from iron_sdk.remote import RemoteRuntime
+
+    home, router, _ = setup
+    admin = _admin_token(home)
+    frank = issue_token(home, "frank")
+    _admin(router, admin, "PATCH", "/policies/frank", {"models": ["claude-*"],
+                                                       "deny_tools": ["shell"]})
+    remote = RemoteRuntime(router.url)
+    try:
+        session = remote.open_session(ic_token=frank)
+        with pytest.raises(ModelNotAllowedError):
+            remote.begin_call(session, model="gpt-4o-mini", messages=MSG)
+        with pytest.raises(ToolNotAllowedError):
+            remote.begin_tool(session, "shell")
+        _admin(router, admin, "POST", "/agents/frank/disable")
+        with pytest.raises(AgentDisabledError):
+            remote.begin_call(session, model="claude-3-haiku", messages=MSG)
+    finally:
+        remote.close()

@@ -91,14 +91,10 @@ class OperatorPolicy:
 
     @hookimpl
     def iron_configure(self, runtime: Runtime) -> None:
-        from iron_sdk.ledger import MemoryLedger
-
         self.runtime = runtime
         self.defaults = getattr(runtime.config, "policy", None)
         if self.store is None:
-            url = "memory" if isinstance(runtime.ledger, MemoryLedger) else \
-                runtime.config.ledger_url()
-            self.store = open_policy_store(url)
+            self.store = open_policy_store(_beside(runtime))
 
     @hookimpl
     def iron_unconfigure(self, runtime: Runtime) -> None:
@@ -221,6 +217,18 @@ class OperatorPolicy:
             raise ToolNotAllowedError(tool, message=(
                 f"Tool '{tool[:100]}' is not allowed for agent '{session.agent_id}' "
                 f"(policy of {source})."))
+
+
+def _beside(runtime: Runtime) -> str:
+    """Where the runtime's ledger is: the policy store lives there too."""
+    from iron_sdk.ledger import MemoryLedger, SQLiteLedger
+
+    ledger = getattr(runtime.ledger, "inner", runtime.ledger)  # a write-behind wrapper
+    if isinstance(ledger, MemoryLedger):
+        return "memory"  # a ledger of this process alone: so is its policy
+    if isinstance(ledger, SQLiteLedger):
+        return str(ledger.path)
+    return runtime.config.ledger_url()
 
 
 def _raise_pii_floor(session: Session, floor: str) -> None:
