@@ -4,6 +4,7 @@ and applies to the router's next request; CLI changes reach the running router w
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -48,7 +49,9 @@ def _chat(router: RouterProcess, token: str, model: str = "gpt-4o-mini",
 def _admin(router: RouterProcess, token: str | None, method: str, path: str,
            body: Any = None, **kwargs: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.request(method, router.url + "/v1/admin" + path, json=body, headers=headers,
+    content = None if body is None else json.dumps(body).encode()  # \u-escapes surrogates
+    return httpx.request(method, router.url + "/v1/admin" + path, content=content,
+                         headers={**headers, "content-type": "application/json"},
                          timeout=30, **kwargs)
 
 
@@ -205,6 +208,9 @@ def test_budgets_over_the_api(setup):
     ("POST", "/tokens/revoke", {}),
     ("POST", "/tokens/revoke", {"token": "a", "agent": "b"}),
     ("POST", "/tokens/revoke", {"token": 5}),
+    ("POST", "/tokens/revoke", {"token": "\ud800"}),
+    ("POST", "/tokens/revoke", {"agent": "\ud800"}),
+    ("PATCH", "/policies/bob", {"models": ["\ud800"]}),
     ("PUT", "/budgets/bob", {"usd": "5"}),
     ("PUT", "/budgets/bob", {"usd": 1e308}),
     ("PUT", "/budgets/bob", {"usd": 1, "extra": 1}),

@@ -14,6 +14,7 @@ path to read on every call; readers reload their cached snapshot only when it mo
 from __future__ import annotations
 
 import math
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -23,7 +24,8 @@ from typing import Any
 from iron_sdk.errors import InvalidRequestError
 from iron_sdk.policy.model import FIELDS, Policy, make_policy
 
-WINDOW_S = 60.0  # rpm and tpm are counted over a sliding minute
+WINDOW_S = 60.0
+_TOKEN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")  # rpm and tpm are counted over a sliding minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +184,8 @@ class PolicyStore(ABC):
 
     def revoke_token(self, jti: str, now: float) -> None:
         """Revoke one token by its id (known to this store or not)."""
-        if not jti or len(jti) > 200:
-            raise InvalidRequestError("a token id is 1 to 200 characters")
+        if not _TOKEN_ID.match(jti):
+            raise InvalidRequestError("a token id is 1 to 200 letters, digits, '-', '_' or '.'")
         self._revoke_token(jti, now)
         self._invalidate()
 
