@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from iron_router.admin_api import routes as admin_routes
 from iron_router.config import RouterConfig
 from iron_router.metrics import CONTENT_TYPE, RouterMetrics
 from iron_router.offload import Offload
@@ -363,6 +364,7 @@ def create_app(config: RouterConfig | None = None) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
         *openai_routes,
         *runtime_routes,
+        *admin_routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(RequestLog, metrics=router_metrics, tracker=tracker),

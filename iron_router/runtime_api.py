@@ -305,7 +305,7 @@ async def begin_call(request: Request) -> Response:
     reg.calls[call.call_id] = (entry, call)
     return JSONResponse({
         "call_id": call.call_id, "redacted": call.redacted,
-        "edits": llm_request.edits, "findings": call.findings,
+        "edits": llm_request.edits, "fields": llm_request.fields, "findings": call.findings,
         "reserved_micro": call.reserved_micro, "input_tokens_est": call.input_tokens_est,
         "max_output_tokens": call.max_output_tokens, "provider": call.provider,
         "session": _state(entry), "events": events})

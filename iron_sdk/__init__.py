@@ -33,15 +33,16 @@ _EXPORTS = {
         "IronCageError", "BudgetExceededError", "SafetyViolationError", "InvalidTokenError",
         "InvalidRequestError", "RateLimitedError", "CircuitOpenError",
         "RuntimeUnavailableError", "UnknownModelPriceError", "ModelNotFoundError",
+        "ModelNotAllowedError", "AgentDisabledError", "ToolNotAllowedError",
         "PolicyViolationError")},
 }
 
 __all__ = [
-    "BudgetConfig", "BudgetExceededError", "CircuitOpenError", "InvalidRequestError",
-    "InvalidTokenError", "IronCageError", "ModelNotFoundError", "PolicyViolationError",
-    "RateLimitedError",
-    "ReliabilityConfig", "Runtime", "RuntimeConfig", "RuntimeUnavailableError",
-    "SafetyConfig", "SafetyViolationError", "Session", "UnknownModelPriceError",
+    "AgentDisabledError", "BudgetConfig", "BudgetExceededError", "CircuitOpenError",
+    "InvalidRequestError", "InvalidTokenError", "IronCageError", "ModelNotAllowedError",
+    "ModelNotFoundError", "PolicyViolationError", "RateLimitedError", "ReliabilityConfig",
+    "Runtime", "RuntimeConfig", "RuntimeUnavailableError", "SafetyConfig",
+    "SafetyViolationError", "Session", "ToolNotAllowedError", "UnknownModelPriceError",
     "current_session", "get_runtime", "hookimpl", "llm_call", "protect_agent", "set_runtime",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
@@ -63,16 +64,19 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from iron_sdk.config import BudgetConfig, ReliabilityConfig, RuntimeConfig, SafetyConfig
     from iron_sdk.errors import (
+        AgentDisabledError,
         BudgetExceededError,
         CircuitOpenError,
         InvalidRequestError,
         InvalidTokenError,
         IronCageError,
+        ModelNotAllowedError,
         ModelNotFoundError,
         PolicyViolationError,
         RateLimitedError,
         RuntimeUnavailableError,
         SafetyViolationError,
+        ToolNotAllowedError,
         UnknownModelPriceError,
     )
     from iron_sdk.guard import llm_call

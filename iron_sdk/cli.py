@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--expires-in", type=_duration, help="e.g. 30d (default: no expiry)")
     issue.add_argument("--scope", action="append", default=[],
                        help="extra budget scope the agent is charged to, e.g. team:search")
+    issue.add_argument("--admin", action="store_true",
+                       help="an admin token (the router's /v1/admin API), not an agent's")
+    _add_operator_parsers(sub, token)
 
     secret = sub.add_parser("secret", help="signing keys of IC tokens").add_subparsers(
         dest="action", required=True)
@@ -89,14 +92,18 @@ def _run(args: argparse.Namespace) -> int:
 
         return demo()
     config = RuntimeConfig()
-    if args.command == "token":
+    if args.command == "token" and args.action == "issue":
         from iron_sdk.identity import issue_token
 
-        print(issue_token(config.home, args.agent, expires_in_s=args.expires_in,
-                          scopes=tuple(args.scope)))
+        token = issue_token(config.home, args.agent, expires_in_s=args.expires_in,
+                            scopes=tuple(args.scope), admin=args.admin)
+        _record_issued(config, token)
+        print(token)
         return 0
     if args.command == "secret":
         return _rotate(config, grace_s=args.grace)
+    if args.command in ("policy", "agent", "token"):
+        return _operator_command(args, config)
     if args.command not in ("budget", "usage"):
         build_parser().print_help()
         return 0
@@ -174,6 +181,169 @@ def _budgets(ledger: object, scopes: list[str], *, as_json: bool) -> int:
                 else f"{usd(max(s.limit_micro - s.spent_micro - s.reserved_micro, 0)):.6f}")
         table.add_row(s.scope, limit, f"{usd(s.spent_micro):.6f}",
                       f"{usd(s.reserved_micro):.6f}", left)
+    Console().print(table)
+    return 0
+
+
+# -- operator policy: policy set/show/clear, agent disable/enable, token revoke/list ------
+_LIST_FIELDS = ("models", "deny_models", "tools", "deny_tools")
+_INT_FIELDS = ("rpm", "tpm", "max_tokens")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a whole number above 0")
+    return value
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _add_operator_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+                          token: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from iron_sdk.policy import PII_ORDER
+
+    policy = sub.add_parser("policy", help="operator policy per agent, team:NAME or global"
+                            ).add_subparsers(dest="action", required=True)
+    pset = policy.add_parser("set", help="set policy fields (others are kept)")
+    pset.add_argument("name")
+    for flag, what in (("models", "allowed model glob patterns"),
+                       ("deny-models", "refused model glob patterns"),
+                       ("tools", "allowed tool names (globs)"),
+                       ("deny-tools", "refused tool names (globs)")):
+        pset.add_argument(f"--{flag}", type=_names, metavar="PATTERNS",
+                          help=f"{what}, comma-separated")
+    pset.add_argument("--pii", choices=PII_ORDER, help="weakest PII/secret action allowed")
+    pset.add_argument("--rpm", type=_positive, metavar="N", help="requests per minute")
+    pset.add_argument("--tpm", type=_positive, metavar="N",
+                      help="tokens per minute (input + reserved output)")
+    pset.add_argument("--max-tokens", type=_positive, metavar="N",
+                      help="most output tokens one call may ask for")
+    pshow = policy.add_parser("show", help="the effective policy and where each value is from")
+    pshow.add_argument("name", nargs="*")
+    pshow.add_argument("--json", action="store_true")
+    pclear = policy.add_parser("clear", help="remove fields (all without flags)")
+    pclear.add_argument("name")
+    from iron_sdk.policy import FIELDS
+
+    for field in FIELDS:
+        pclear.add_argument(f"--{field.replace('_', '-')}", dest=f"clear_{field}",
+                            action="store_true")
+
+    agent = sub.add_parser("agent", help="the kill switch").add_subparsers(dest="action",
+                                                                          required=True)
+    agent.add_parser("disable", help="refuse every call of the agent").add_argument("name")
+    agent.add_parser("enable", help="switch the agent back on").add_argument("name")
+
+    revoke = token.add_parser("revoke", help="revoke a token (id or token) or an agent's")
+    revoke.add_argument("token", nargs="?")
+    revoke.add_argument("--agent", help="revoke every token of this agent issued until now")
+    tlist = token.add_parser("list", help="tokens issued")
+    tlist.add_argument("--agent")
+    tlist.add_argument("--json", action="store_true")
+
+
+def _record_issued(config: RuntimeConfig, token: str) -> None:
+    from iron_sdk.policy import open_policy_store
+    from iron_sdk.policy.operations import record_issued
+
+    try:
+        with open_policy_store(config.ledger_url()) as store:
+            record_issued(store, token)
+    except (IronCageError, ValueError) as exc:  # the token is still good; listing is not
+        print(f"warning: the token was not recorded for `token list`: {exc}", file=sys.stderr)
+
+
+def _operator_command(args: argparse.Namespace, config: RuntimeConfig) -> int:
+    import time
+
+    from iron_sdk.errors import InvalidRequestError
+    from iron_sdk.policy import FIELDS, open_policy_store
+    from iron_sdk.policy import operations as ops
+
+    try:
+        store = open_policy_store(config.ledger_url())
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    with store:
+        result: object
+        if args.command == "policy" and args.action == "set":
+            fields = {f: getattr(args, f) for f in (*_LIST_FIELDS, *_INT_FIELDS, "pii")
+                      if getattr(args, f) is not None}
+            result = ops.set_policy(store, args.name, fields)
+        elif args.command == "policy" and args.action == "clear":
+            result = ops.clear_policy(store, args.name,
+                                      [f for f in FIELDS if getattr(args, f"clear_{f}")])
+        elif args.command == "policy":
+            return _print_policies(ops.show(store, args.name, getattr(config, "policy", None)),
+                                   as_json=args.json)
+        elif args.command == "agent":
+            result = ops.set_disabled(store, args.name, args.action == "disable")
+        elif args.action == "revoke":
+            if args.token is not None and args.agent is not None or (
+                    args.token is None and args.agent is None):
+                raise InvalidRequestError("give either TOKEN or --agent NAME")
+            result = ops.revoke(store, time.time(), token=args.token, agent=args.agent)
+        else:
+            return _print_tokens(ops.list_tokens(store, args.agent), as_json=args.json)
+    print(json.dumps(result))
+    return 0
+
+
+def _print_policies(views: list[dict[str, object]], *, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"policies": views}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for view in views:
+        table = Table(title=f"Policy of {view['scope']}")
+        for col in ("field", "value", "from"):
+            table.add_column(col)
+        effective = view["effective"]
+        assert isinstance(effective, dict)
+        for field, value in effective.items():
+            items = value if isinstance(value, list) else [value] if value else []
+            for item in items:
+                shown = item["value"]
+                text = ", ".join(shown) if isinstance(shown, list) else str(shown)
+                table.add_row(field, text, item["source"])
+            if not items:
+                table.add_row(field, "—", "")
+        console.print(table)
+    return 0
+
+
+def _print_tokens(tokens: list[dict[str, object]], *, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"tokens": tokens}, indent=2))
+        return 0
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    def when(ts: object) -> str:
+        if not isinstance(ts, int | float):
+            return "—"
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+    table = Table(title="IC tokens")
+    for col in ("id", "agent", "scopes", "issued", "expires", "admin", "revoked"):
+        table.add_column(col)
+    for t in tokens:
+        scopes = t["scopes"]
+        table.add_row(str(t["id"]), str(t["agent"]),
+                      ", ".join(scopes) if isinstance(scopes, list) else "",
+                      when(t["issued"]), when(t["expires"]), "yes" if t["admin"] else "",
+                      when(t["revoked"]))
     Console().print(table)
     return 0
 

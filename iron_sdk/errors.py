@@ -159,8 +159,60 @@ class ModelNotFoundError(IronCageError):
     type = "invalid_request_error"
 
 
+class ModelNotAllowedError(IronCageError):
+    """The operator's policy does not allow this agent to use the model; nothing was
+    reserved or sent."""
+
+    status = 403
+    code = "model_not_allowed"
+    type = "permission_error"
+
+    def __init__(self, model: str, message: str | None = None) -> None:
+        self.model = model
+        super().__init__(message or (
+            f"Model '{model[:100]}' is not allowed for this agent by the operator's policy "
+            "(`iron-runtime policy show NAME` lists the allowed patterns)."))
+
+    def fields(self) -> dict[str, Any]:
+        return {"model": self.model}
+
+
+class AgentDisabledError(IronCageError):
+    """The operator switched this agent off (``iron-runtime agent disable NAME``)."""
+
+    status = 403
+    code = "agent_disabled"
+    type = "permission_error"
+
+    def __init__(self, agent: str, message: str | None = None) -> None:
+        self.agent = agent
+        super().__init__(message or (
+            f"Agent '{agent}' is disabled by the operator; "
+            f"`iron-runtime agent enable {agent}` switches it back on."))
+
+    def fields(self) -> dict[str, Any]:
+        return {"agent": self.agent}
+
+
+class ToolNotAllowedError(IronCageError):
+    """The operator's policy does not allow this agent to run the tool."""
+
+    status = 403
+    code = "tool_not_allowed"
+    type = "permission_error"
+
+    def __init__(self, tool: str, message: str | None = None) -> None:
+        self.tool = tool
+        super().__init__(message or (
+            f"Tool '{tool[:100]}' is not allowed for this agent by the operator's policy."))
+
+    def fields(self) -> dict[str, Any]:
+        return {"tool": self.tool}
+
+
 class PolicyViolationError(IronCageError):
-    """The agent's code or request asked for a looser policy than the operator's."""
+    """The agent's code or request asked for a looser policy than the operator's;
+    ``field`` names what (e.g. ``safety.pii``, ``max_tokens``)."""
 
     status = 403
     code = "policy_violation"
@@ -203,7 +255,8 @@ _BY_CODE: dict[str, type[IronCageError]] = {
     cls.code: cls for cls in (InvalidRequestError, InvalidTokenError, BudgetExceededError,
                               SafetyViolationError, RateLimitedError, CircuitOpenError,
                               RuntimeUnavailableError, UnknownModelPriceError,
-                              ModelNotFoundError, PayloadTooLargeError, PolicyViolationError,
+                              ModelNotFoundError, ModelNotAllowedError, AgentDisabledError,
+                              ToolNotAllowedError, PolicyViolationError, PayloadTooLargeError,
                               UpstreamUnreachableError, UpstreamTimeoutError)
 }
 
@@ -225,6 +278,12 @@ def error_from_body(body: dict[str, Any]) -> IronCageError:
         return CircuitOpenError(err.get("target", ""), err.get("retry_after", 1.0), message)
     if cls is UnknownModelPriceError:
         return UnknownModelPriceError(err.get("model", ""), message=message)
+    if cls is ModelNotAllowedError:
+        return ModelNotAllowedError(err.get("model", ""), message=message)
+    if cls is AgentDisabledError:
+        return AgentDisabledError(err.get("agent", ""), message=message)
+    if cls is ToolNotAllowedError:
+        return ToolNotAllowedError(err.get("tool", ""), message=message)
     if cls is PolicyViolationError:
         return PolicyViolationError(str(err.get("field", "")), message=message)
     if cls is None:

@@ -169,8 +169,10 @@ def rotate_key(home: Path, *, grace_s: float, now: float | None = None) -> Signi
 
 
 def issue_token(home: Path, agent_id: str, *, expires_in_s: float | None = None,
-                scopes: tuple[str, ...] = ()) -> str:
-    """A signed IC token for ``agent_id`` (``kid`` header: the newest key)."""
+                scopes: tuple[str, ...] = (), admin: bool = False) -> str:
+    """A signed IC token for ``agent_id`` (``kid`` header: the newest key); ``admin``
+    adds the ``adm`` claim the router's admin API requires (an agent token never
+    carries it)."""
     now = int(time.time())
     claims: dict[str, Any] = {"sub": agent_id, "iss": ISSUER, "iat": now,
                               "jti": secrets.token_hex(8)}
@@ -178,6 +180,8 @@ def issue_token(home: Path, agent_id: str, *, expires_in_s: float | None = None,
         claims["exp"] = now + int(expires_in_s)
     if scopes:
         claims["scopes"] = list(scopes)
+    if admin:
+        claims["adm"] = True
     import jwt  # imported on use: PyJWT pulls in cryptography
 
     key = load_keyring(home, create=True).signing_key()

@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = "iron_sdk"
 def make_manager(config: RuntimeConfig) -> pluggy.PluginManager:
     from iron_sdk.policies.audit import AuditLog
     from iron_sdk.policies.budget import BudgetPolicy
+    from iron_sdk.policies.operator import OperatorPolicy
     from iron_sdk.policies.pricing import ConfiguredPrices, PriceDatabasePlugin
     from iron_sdk.policies.reliability import ReliabilityPolicy
     from iron_sdk.policies.safety import SafetyPolicy
@@ -29,6 +30,7 @@ def make_manager(config: RuntimeConfig) -> pluggy.PluginManager:
     pm.register(SafetyPolicy(), name="iron.safety")
     pm.register(ReliabilityPolicy(), name="iron.reliability")
     pm.register(BudgetPolicy(), name="iron.budget")
+    pm.register(OperatorPolicy(), name="iron.operator")  # tryfirst, after safety: runs first
     if config.audit:
         pm.register(AuditLog(config.home / "audit.jsonl"), name="iron.audit")
     if config.load_entry_points:

@@ -296,6 +296,12 @@ class RemoteRuntime:
                         f"The request contains {', '.join(call.findings)} in a field this "
                         "integration cannot rewrite, so it was not sent."))
                 request.replace(tuple(path), value)
+            for name, value in (reply.get("fields") or {}).items():
+                if name in request.body and request.body[name] == value:
+                    continue
+                request.set_field(name, value)  # e.g. the operator's output limit
+                if name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+                    request.max_tokens = value
             self.hook.iron_llm_request(call=call)  # this process's plugins, decided
         except BaseException as exc:
             self.fail_call(call, exc)

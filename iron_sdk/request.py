@@ -59,6 +59,8 @@ _OUTPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "anthropic": ("max_tokens",),
     "embedding": (),
 }
+# Chat models that accept only ``max_completion_tokens`` as their output limit.
+_REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _AUDIO_PARTS = frozenset({"input_audio", "audio"})
 _FILE_PARTS = frozenset({"file", "input_file", "document"})
@@ -99,7 +101,7 @@ class LlmRequest:
     """
 
     __slots__ = ("kind", "body", "texts", "max_tokens", "choices", "stream", "media",
-                 "token_inputs", "writable", "edits", "changed", "_owned")
+                 "token_inputs", "writable", "edits", "fields", "changed", "_owned")
 
     def __init__(self, kind: str, body: dict[str, Any], *, texts: list[Text],
                  max_tokens: int | None, choices: int, stream: bool, media: list[Media],
@@ -115,6 +117,7 @@ class LlmRequest:
         self.token_inputs = token_inputs
         self.writable = writable
         self.edits: list[tuple[Path, str]] = []  # redactions written, in order
+        self.fields: dict[str, Any] = {}  # top-level fields set (an output limit...)
         self.changed = False  # the body differs from what the caller gave
         # ids of containers this request owns (may change in place); None: all of them.
         self._owned: set[int] | None = None if owned else {id(body)}
@@ -180,7 +183,23 @@ class LlmRequest:
     def set_field(self, name: str, value: Any) -> None:
         """Set a top-level field (output limit, stream options)."""
         self.body[name] = value
+        self.fields[name] = value
         self.changed = True
+
+    def limit_output(self, tokens: int) -> None:
+        """Write an output limit of ``tokens`` per choice into the request, in the field
+        its kind uses, so the provider cannot generate more than was reserved."""
+        if self.kind == "embedding":
+            return
+        if self.kind == "responses":
+            name = "max_output_tokens"
+        elif self.kind == "chat" and ("max_completion_tokens" in self.body or str(
+                self.model).rsplit("/", 1)[-1].startswith(_REASONING_MODELS)):
+            name = "max_completion_tokens"
+        else:
+            name = "max_tokens"
+        self.set_field(name, tokens)
+        self.max_tokens = tokens
 
     def _own_child(self, parent: Any, key: str | int) -> Any:
         child = _child(parent, key)

@@ -8,7 +8,6 @@ wheel ships the cl100k/o200k files under the names tiktoken caches them by, so w
 from __future__ import annotations
 
 import base64
-import json
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,6 @@ _lock = threading.Lock()
 # Per-message framing tokens in the chat format (role, separators) and reply priming.
 PER_MESSAGE = 3
 PER_REPLY = 3
-IMAGE_TOKENS = 765  # a high-detail image tile budget; settle corrects it
 MEDIA_TOKENS = 2_000  # an audio clip or a file referred to by id (its size is unknown)
 
 
@@ -119,27 +117,3 @@ def media_tokens(model: str, media: Media) -> int:
     except ValueError:
         return MEDIA_TOKENS
     return estimate.file_tokens(model, data)
-
-
-def count_messages(model: str, messages: list[dict[str, Any]],
-                   tools: list[Any] | None = None) -> int:
-    """Input tokens of a chat request, in OpenAI's framing (close for other models)."""
-    total = PER_REPLY
-    for message in messages:
-        total += PER_MESSAGE
-        content = message.get("content")
-        if isinstance(content, str):
-            total += count_text(model, content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    total += count_text(model, part["text"])
-                elif isinstance(part, dict):
-                    total += IMAGE_TOKENS
-        if message.get("tool_calls"):
-            total += count_text(model, json.dumps(message["tool_calls"]))
-        if message.get("name"):
-            total += 1
-    if tools:
-        total += count_text(model, json.dumps(tools))
-    return total

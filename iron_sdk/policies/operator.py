@@ -1,0 +1,247 @@
+"""The operator's policy on every call: kill switch, revoked tokens, model and tool
+allow/deny lists, the per-call output ceiling, the PII floor, and rate limits (rpm, tpm)
+shared by every process and router on the same ledger.
+
+Runs first in ``iron_llm_request`` (``tryfirst``, registered after the safety policy), so
+a refused call is never scanned, reserved or sent. The policy is re-read only when the
+store's version moves (:meth:`~iron_sdk.policy.PolicyStore.version`), so a change made
+with the CLI or the admin API applies within a second, without restart.
+
+``max_tokens`` above the operator's ceiling is refused (``PolicyViolationError``, field
+``max_tokens``): a client may only tighten. A call that names no ``max_tokens`` gets the
+ceiling written into ``call.max_tokens`` (doors forward it; the reservation uses it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from iron_sdk.errors import (
+    AgentDisabledError,
+    InvalidTokenError,
+    IronCageError,
+    ModelNotAllowedError,
+    PolicyViolationError,
+    RateLimitedError,
+    RuntimeUnavailableError,
+    ToolNotAllowedError,
+)
+from iron_sdk.hookspecs import hookimpl
+from iron_sdk.policy import EffectivePolicy, Policy, PolicyStore, effective, open_policy_store
+from iron_sdk.policy.model import pii_rank
+
+if TYPE_CHECKING:
+    from iron_sdk.call import LlmCall, ToolCall
+    from iron_sdk.runtime import Runtime
+    from iron_sdk.session import Session
+
+log = logging.getLogger("iron_sdk.operator")
+
+
+@dataclass(slots=True)
+class CallView:
+    """What the policy reads of a model call."""
+
+    agent: str
+    scopes: tuple[str, ...]
+    claims: dict[str, Any]
+    requested: Policy | None
+    model: str
+    max_tokens: int | None
+    kind: str
+
+
+def read_call(call: LlmCall) -> CallView:
+    """The one place that reads an :class:`LlmCall` (re-point it when the call changes)."""
+    s = call.session
+    return CallView(s.agent_id, s.scopes, s.claims, getattr(s, "policy", None), call.model,
+                    call.max_tokens, call.kind)
+
+
+def call_tokens(call: LlmCall, runtime: Runtime) -> int:
+    """Input tokens plus the output tokens the call may generate (what tpm counts)."""
+    from iron_sdk.policies.budget import DEFAULT_MAX_OUTPUT
+    from iron_sdk.tokens import count_request
+
+    if not call.input_tokens_est:
+        call.input_tokens_est = count_request(call.model, call.request)
+    out = call.request.output_tokens(call.session.budget.default_max_tokens
+                                     or runtime.price(call.model).max_output_tokens
+                                     or DEFAULT_MAX_OUTPUT)
+    return call.input_tokens_est + out
+
+
+class OperatorPolicy:
+    """Plugin ``iron.operator``. ``store`` defaults to the one beside the runtime's ledger;
+    ``clock`` (default ``time.time``, read on each call) paces the rate-limit windows."""
+
+    def __init__(self, store: PolicyStore | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.store = store
+        self._own_store = store is None
+        self.clock = clock
+        self.runtime: Runtime | None = None
+        self.defaults: Policy | None = None
+
+    @hookimpl
+    def iron_configure(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.defaults = getattr(runtime.config, "policy", None)
+        if self.store is None:
+            self.store = open_policy_store(_beside(runtime))
+
+    @hookimpl
+    def iron_unconfigure(self, runtime: Runtime) -> None:
+        if self._own_store and self.store is not None:
+            self.store.close()
+
+    # -- what applies ----------------------------------------------------------------------
+    def effective_for(self, agent: str, scopes: tuple[str, ...],
+                      requested: Policy | None = None) -> EffectivePolicy:
+        """The agent's effective policy now (cached until the store's version moves)."""
+        assert self.store is not None
+        snap = self.store.snapshot()
+        key = (agent, scopes, requested)
+        eff = snap.cache.get(key)
+        if eff is None:
+            names = (f"agent:{agent}", *scopes)
+            eff = effective({s: snap.policies[s] for s in names if s in snap.policies},
+                            self.defaults, requested)
+            if len(snap.cache) >= 4096:
+                snap.cache.clear()
+            snap.cache[key] = eff
+        return eff
+
+    def refusal(self, session: Session) -> IronCageError | None:
+        """Why ``session`` may no longer run (revoked token, disabled agent), or None.
+        Cheap: a long stream can poll it to end when the operator switches the agent off."""
+        assert self.store is not None
+        if session.claims:
+            reason = self.store.is_revoked(session.claims)
+            if reason:
+                return InvalidTokenError(reason)
+        if self.effective_for(session.agent_id, session.scopes).disabled:
+            return AgentDisabledError(session.agent_id)
+        return None
+
+    # -- hooks -----------------------------------------------------------------------------
+    @hookimpl(tryfirst=True)
+    def iron_session_start(self, session: Session) -> None:
+        error = self._guarded(session, lambda: self.refusal(session))
+        if error is not None:
+            raise error
+
+    @hookimpl(tryfirst=True)
+    def iron_llm_request(self, call: LlmCall) -> None:
+        view = read_call(call)
+        self._guarded(call.session, lambda: self._check_call(call, view))
+
+    @hookimpl(tryfirst=True)
+    def iron_tool_request(self, call: ToolCall) -> None:
+        self._guarded(call.session, lambda: self._check_tool(call.session, call.name))
+
+    def _guarded(self, session: Session, check: Callable[[], Any]) -> Any:
+        """Run ``check``; a store that cannot answer follows the ledger's fail rule."""
+        try:
+            return check()
+        except RuntimeUnavailableError as exc:
+            if session.budget.on_ledger_error == "closed":
+                raise
+            log.warning("policy store failed, proceeding (on_ledger_error='open'): %s", exc)
+            return None
+
+    def _check_call(self, call: LlmCall, view: CallView) -> None:
+        assert self.store is not None and self.runtime is not None
+        if view.claims:
+            reason = self.store.is_revoked(view.claims)
+            if reason:
+                raise InvalidTokenError(reason)
+        eff = self.effective_for(view.agent, view.scopes, view.requested)
+        if not eff.restricts_calls:
+            return
+        if eff.disabled:
+            raise AgentDisabledError(view.agent)
+        source = eff.model_refusal(view.model)
+        if source is not None:
+            raise ModelNotAllowedError(view.model, message=(
+                f"Model '{view.model[:100]}' is not allowed for agent '{view.agent}' "
+                f"(policy of {source}); `iron-runtime policy show {view.agent}` lists what is."))
+        if eff.max_tokens is not None:
+            ceiling = eff.max_tokens.value
+            if view.max_tokens is None:
+                call.request.limit_output(ceiling)
+            elif view.max_tokens > ceiling:
+                raise PolicyViolationError("max_tokens", message=(
+                    f"max_tokens {view.max_tokens} is over the ceiling of {ceiling} output "
+                    f"tokens per call (policy of {eff.max_tokens.source}); ask for less."))
+        if eff.pii is not None:
+            _raise_pii_floor(call.session, eff.pii.value)
+        if eff.rpm is not None or eff.tpm is not None:
+            self._rate(call, view, eff)
+
+    def _rate(self, call: LlmCall, view: CallView, eff: EffectivePolicy) -> None:
+        assert self.store is not None and self.runtime is not None
+        rpm = eff.rpm.value if eff.rpm else None
+        tpm = eff.tpm.value if eff.tpm else None
+        tokens = call_tokens(call, self.runtime) if tpm else 0
+        if tpm is not None and tokens > tpm:
+            raise PolicyViolationError("tpm", message=(
+                f"This call may use {tokens} tokens (input + max output), more than the "
+                f"{tpm} tokens per minute allowed (policy of {eff.tpm.source}); "
+                "lower max_tokens or shorten the prompt."))
+        now = self.clock() if self.clock is not None else time.time()
+        wait = self.store.take(f"agent:{view.agent}", tokens, rpm, tpm, now)
+        if wait is not None:
+            raise RateLimitedError(wait, message=(
+                f"Rate limit of agent '{view.agent}' reached "
+                f"({_limits(eff)}); retry after {wait:.1f}s."))
+
+    def _check_tool(self, session: Session, tool: str) -> None:
+        assert self.store is not None
+        if session.claims:
+            reason = self.store.is_revoked(session.claims)
+            if reason:
+                raise InvalidTokenError(reason)
+        eff = self.effective_for(session.agent_id, session.scopes,
+                                 getattr(session, "policy", None))
+        if eff.disabled:
+            raise AgentDisabledError(session.agent_id)
+        source = eff.tool_refusal(tool)
+        if source is not None:
+            raise ToolNotAllowedError(tool, message=(
+                f"Tool '{tool[:100]}' is not allowed for agent '{session.agent_id}' "
+                f"(policy of {source})."))
+
+
+def _beside(runtime: Runtime) -> str:
+    """Where the runtime's ledger is: the policy store lives there too."""
+    from iron_sdk.ledger import MemoryLedger, SQLiteLedger
+
+    ledger = getattr(runtime.ledger, "inner", runtime.ledger)  # a write-behind wrapper
+    if isinstance(ledger, MemoryLedger):
+        return "memory"  # a ledger of this process alone: so is its policy
+    if isinstance(ledger, SQLiteLedger):
+        return str(ledger.path)
+    return runtime.config.ledger_url()
+
+
+def _raise_pii_floor(session: Session, floor: str) -> None:
+    """The session runs with at least the operator's PII action (never weaker)."""
+    safety = session.safety
+    update: dict[str, Any] = {}
+    if pii_rank(safety.pii) < pii_rank(floor):
+        update["pii"] = floor
+    if safety.secrets is not None and pii_rank(safety.secrets) < pii_rank(floor):
+        update["secrets"] = floor
+    if update:
+        session.safety = safety.model_copy(update=update)
+
+
+def _limits(eff: EffectivePolicy) -> str:
+    parts = [f"{name} {s.value} from {s.source}" for name, s in
+             (("rpm", eff.rpm), ("tpm", eff.tpm)) if s is not None]
+    return ", ".join(parts)
