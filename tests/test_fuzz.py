@@ -127,8 +127,6 @@ HOSTILE: tuple[bytes, ...] = (
 )
 
 
-@pytest.mark.xfail(strict=False, reason="needs the strict body reader (iron_router.bodies."
-                   "read_json) wired into openai_api/runtime_api: the lead's change")
 def test_hostile_bodies_get_a_4xx(fuzz_router: tuple[str, str]) -> None:
     """Bodies a schema-driven fuzzer does not make (lone surrogates, deep nesting, NaN,
     1e309, huge integers) sent to every POST operation: 4xx, never 5xx or a hang."""

@@ -46,6 +46,7 @@ from iron_sdk.policy import (
     scope_of,
 )
 from iron_sdk.policy.store import WINDOW_S, window_decision
+from iron_sdk.request import LlmRequest
 
 MSG = [{"role": "user", "content": "Say hello to the operator."}]
 MINI = "gpt-4o-mini"
@@ -249,10 +250,12 @@ def test_max_tokens_over_the_ceiling_is_refused_and_absent_gets_the_ceiling(
     assert len(provider.requests) == 2
 
 
-def test_pii_floor_overrides_a_weaker_agent_setting(runtime, provider, client):
+def test_pii_floor_overrides_a_weaker_agent_setting(iron_home, provider, client):
+    runtime = Runtime(RuntimeConfig(home=iron_home, safety=SafetyConfig(pii="log")))
+    previous = set_runtime(runtime)
     _store(runtime).set("agent:leaky", pii="redact")
 
-    @protect_agent(agent_id="leaky", safety=SafetyConfig(pii="log"))
+    @protect_agent(agent_id="leaky")
     def agent() -> Any:
         return client.chat.completions.create(model=MINI, messages=[
             {"role": "user", "content": "mail ops@example.org please"}])
@@ -262,9 +265,13 @@ def test_pii_floor_overrides_a_weaker_agent_setting(runtime, provider, client):
     _store(runtime).set("global", pii="block")
     from iron_sdk import SafetyViolationError
 
-    with pytest.raises(SafetyViolationError):
-        agent()
-    assert len(provider.requests) == 1
+    try:
+        with pytest.raises(SafetyViolationError):
+            agent()
+        assert len(provider.requests) == 1
+    finally:
+        set_runtime(previous)
+        runtime.close()
 
 
 def test_tools_allow_and_deny(runtime):
@@ -354,7 +361,7 @@ def test_revoked_token_is_refused_within_a_second(runtime, provider, client, iro
     assert _run_cli(iron_home, "token", "revoke", token).returncode == 0
     _until(_refused(lambda: call(token), InvalidTokenError), 1.0)
     with pytest.raises(InvalidTokenError, match="revoked"):
-        runtime.begin_call(session, model=MINI, messages=MSG)
+        runtime.begin_call(session, LlmRequest.chat(MINI, MSG))
     call(other)  # another agent's token still works
 
     assert _run_cli(iron_home, "token", "revoke", "--agent", "holder2").returncode == 0

@@ -35,7 +35,9 @@ CUSTOM = SafetyConfig(
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
-    proc = RouterProcess(home=tmp_path_factory.mktemp("router") / "iron", config={"iron": {}})
+    # The operator's safety config (custom patterns and allow-lists are the operator's).
+    proc = RouterProcess(home=tmp_path_factory.mktemp("router") / "iron", config={"iron": {
+        "safety": CUSTOM.model_dump(mode="json"), "anonymous_sessions": True}})
     proc.start()
     yield proc
     proc.close()
@@ -46,7 +48,7 @@ def mode(request: pytest.FixtureRequest, tmp_path: Path,
          monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "library":
         home = tmp_path / "iron"
-        rt: Any = Runtime(RuntimeConfig(home=home))
+        rt: Any = Runtime(RuntimeConfig(home=home, safety=CUSTOM))
     else:
         router = request.getfixturevalue("router")
         home, rt = router.home, RemoteRuntime(router.url)
@@ -80,7 +82,7 @@ def test_disguised_values_never_reach_the_provider(mode, provider, client, kind)
 def test_custom_patterns_and_allow_lists(mode, provider, client):
     text = ("Ask support@company.example or ops@status.company.example about EMP-004211; "
             "card LC4111111111111111 (not LC4111111111111112), cc jane@corp.example")
-    _send(client, "custom", text, CUSTOM)
+    _send(client, "custom", text)
     sent = provider.requests[0]["messages"][0]["content"]
     assert sent == ("Ask support@company.example or ops@status.company.example about "
                     "[EMPLOYEE_ID_REDACTED]; card [LOYALTY_CARD_REDACTED] "

@@ -149,11 +149,11 @@ def test_plugin_redacts_only_when_enabled(detector, iron_home, provider, client)
 
 
 def test_allow_list_applies_to_plugin_findings(detector, iron_home, provider, client):
-    rt = Runtime(RuntimeConfig(home=iron_home))
+    # Allow-lists are the operator's; the agent may only turn NER on.
+    rt = Runtime(RuntimeConfig(home=iron_home, safety=SafetyConfig(allow={"Ada Lovelace"})))
     previous = set_runtime(rt)
     try:
-        @protect_agent(agent_id="ner-allow", safety=SafetyConfig(ner=True,
-                                                                  allow={"Ada Lovelace"}))
+        @protect_agent(agent_id="ner-allow", safety=SafetyConfig(ner=True))
         def agent():
             return client.chat.completions.create(model="gpt-4o-mini", max_tokens=5, messages=[
                 {"role": "user", "content": "Ada Lovelace is our mascot; ask Maria Garcia."}])

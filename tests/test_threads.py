@@ -332,7 +332,7 @@ def test_thread_pool_submit_in_http_mode(tmp_path, monkeypatch, provider, client
     monkeypatch.setenv("IRON_HOME", str(home))
     monkeypatch.delenv("IRON_SECRET", raising=False)
     monkeypatch.delenv("IRON_LEDGER", raising=False)
-    with RouterProcess(home=home) as router:
+    with RouterProcess(home=home, config={"iron": {"anonymous_sessions": True}}) as router:
         rt = RemoteRuntime(router.url)
         previous = set_runtime(rt)
         try:
