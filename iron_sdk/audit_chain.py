@@ -48,6 +48,8 @@ DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 _MAC_SUFFIX = re.compile(rb',"mac":"([0-9a-f]{64})"\}$')
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TAIL_CHUNK = 64 * 1024
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+_HEAD_SIZE = 256  # the head is a fixed-size record, rewritten in place
 
 Event = dict[str, Any]
 
@@ -96,11 +98,10 @@ def _mac(base: Any, prev: bytes, body: bytes) -> bytes:
 def encode_line(base: Any, event: Event, seq: int, prev: bytes,
                 first_in_file: bool) -> tuple[bytes, bytes]:
     """(line with its trailing newline, its MAC) for ``event`` chained from ``prev``."""
-    record = {k: v for k, v in event.items() if k not in ("seq", "prev", "mac")}
-    record["seq"] = seq
-    if first_in_file:
-        record["prev"] = prev.hex()
-    body = json.dumps(record, separators=(",", ":"), default=str).encode()
+    if "seq" in event or "prev" in event or "mac" in event:  # ours to set
+        event = {k: v for k, v in event.items() if k not in ("seq", "prev", "mac")}
+    record = {**event, "seq": seq, "prev": prev.hex()} if first_in_file else {**event, "seq": seq}
+    body = _ENCODER.encode(record).encode()
     mac = _mac(base, prev, body)
     return body[:-1] + b',"mac":"' + mac.hex().encode() + b'"}\n', mac
 
@@ -180,6 +181,7 @@ class ChainWriter:
         self._base = hmac.new(key, digestmod=hashlib.sha256)
         self._lock_fd: int | None = None
         self._fd: int | None = None
+        self._head_fd: int | None = None
         self._ino = -1
         self._size = 0  # size of the file as this process last left it
         self._state: tuple[int, bytes] | None = None  # (seq, MAC) of the last line
@@ -189,10 +191,10 @@ class ChainWriter:
         self._lock_fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o600)
 
     def close(self) -> None:
-        for fd in (self._fd, self._lock_fd):
+        for fd in (self._fd, self._lock_fd, self._head_fd):
             if fd is not None:
                 os.close(fd)
-        self._fd = self._lock_fd = None
+        self._fd = self._lock_fd = self._head_fd = None
         self._state = None
 
     def append(self, events: Sequence[Event]) -> None:
@@ -297,12 +299,14 @@ class ChainWriter:
         self._ino, self._size = st.st_ino, st.st_size
 
     def _write_head(self, seq: int, mac: bytes) -> None:
-        head = head_path(self.path)
-        tmp = head.with_name(head.name + ".tmp")
+        """Overwrite the head in place (a rename per batch costs a journal commit);
+        readers take the shared lock, so they never see it half written."""
+        if self._head_fd is None:
+            self._head_fd = os.open(head_path(self.path), os.O_RDWR | os.O_CREAT, 0o600)
         mac_hex = mac.hex()
-        tmp.write_text(json.dumps({"seq": seq, "mac": mac_hex,
-                                   "sig": _head_sig(self.key, seq, mac_hex)}))
-        os.replace(tmp, head)
+        record = json.dumps({"seq": seq, "mac": mac_hex,
+                             "sig": _head_sig(self.key, seq, mac_hex)}).encode()
+        os.pwrite(self._head_fd, record.ljust(_HEAD_SIZE - 1) + b"\n", 0)
 
 
 # -- verifying -------------------------------------------------------------------------
