@@ -369,7 +369,7 @@ def verify(files: Sequence[Path], key: bytes, *, head_of: Path | None = None,
                 head = read_head(head_of, key)
             except ValueError as exc:
                 return Verdict(ok=False, file=head_path(head_of), line=1, reason=str(exc))
-        last_file, last_line = (files[-1] if files else None), 0
+        last_file, last_line = (files[-1] if files else head_of), 0
         for file in files:
             try:
                 prev, seq, last_line = _verify_file(file, base, prev, seq, verdict,

@@ -115,6 +115,12 @@ def test_tampering_is_caught_at_the_first_bad_line(log10, capsys, name):
     assert out.startswith(f"{log10}:{line}: ") and words in out, out
 
 
+def test_a_deleted_log_is_caught_by_its_head(log10, capsys):
+    log10.unlink()
+    code, out = _verify_cli(capsys)
+    assert code == 1 and out.startswith(f"{log10}:1: ") and "truncated" in out
+
+
 def test_altered_head_is_caught(log10, capsys):
     head = json.loads(head_path(log10).read_text())
     head["seq"] = 5

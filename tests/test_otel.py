@@ -282,3 +282,46 @@ def test_on_from_the_otel_environment_alone(iron_home):
     assert result["active"] is True
     assert '"name": "chat gpt-4o-mini"' in stdout and '"gen_ai.request.model"' in stdout
     assert '"service.name": "iron-test"' in stdout
+
+
+def test_router_mode_one_span_per_proxied_call(iron_home, provider, monkeypatch):
+    """Door 3: the router's runtime runs the same hooks, so the same span comes out of the
+    router process (here the app in-process, so its exporters can be read)."""
+    pytest.importorskip("starlette", reason="the router extra is not installed")
+    import openai
+    from starlette.testclient import TestClient
+
+    from iron_router.app import create_app
+    from iron_router.config import RouterConfig
+    from iron_sdk import RuntimeConfig
+    from iron_sdk.identity import issue_token
+
+    monkeypatch.setenv("OPENAI_BASE_URL", provider.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-upstream-test-key")
+    app = create_app(RouterConfig(runtime=RuntimeConfig(home=iron_home)))
+    monkeypatch.delenv("OTEL_SDK_DISABLED")
+    o = Otel()
+    app.state.runtime.pm.register(GenAiTelemetry(o.tracer_provider, o.meter_provider),
+                                  name="iron.otel")
+    token = issue_token(iron_home, "routed")
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        client = openai.OpenAI(base_url="http://127.0.0.1/v1", api_key=token,
+                               http_client=http, max_retries=0)
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=MSG,
+                                               max_tokens=16)
+        app.state.runtime.ledger.set_limit("agent:poor", 1)  # one micro-dollar
+        poor = openai.OpenAI(base_url="http://127.0.0.1/v1", http_client=http, max_retries=0,
+                             api_key=issue_token(iron_home, "poor"))
+        with pytest.raises(openai.APIStatusError) as refused:
+            poor.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        assert refused.value.status_code == 402
+    spans = o.spans()
+    done = next(s for s in spans if s.status.status_code is StatusCode.UNSET)
+    assert done.name == "chat gpt-4o-mini" and done.attributes["iron.source"] == "router"
+    assert done.attributes["iron.agent"] == "routed"
+    assert done.attributes["gen_ai.usage.output_tokens"] == reply.usage.completion_tokens
+    assert done.attributes["gen_ai.request.max_tokens"] == 16
+    assert done.parent is None  # no trace context crosses HTTP yet
+    blocked = next(s for s in spans if s.status.status_code is StatusCode.ERROR)
+    assert blocked.attributes["iron.budget.blocked_scope"] == "agent:poor"
+    assert blocked.attributes["error.type"] == "budget_exceeded"
