@@ -203,6 +203,31 @@ def test_two_writers_in_one_process_interleave_into_one_chain(iron_home, capsys)
     assert _verify_cli(capsys) == (0, "ok: 20 lines intact (seq 1..20)")
 
 
+def test_the_tail_is_read_again_only_after_another_writer_appended(iron_home):
+    from iron_sdk.audit_chain import ChainWriter
+
+    class CountingWriter(ChainWriter):
+        recoveries = 0
+
+        def _recover(self) -> tuple[int, bytes]:
+            self.recoveries += 1
+            return super()._recover()
+
+    key = audit_key(b"test-secret")
+    path = iron_home / "audit.jsonl"
+    a, b = CountingWriter(path, key), CountingWriter(path, key)
+    for i in range(5):
+        a.append([make_event("tool_called", tool=f"a{i}")])
+    assert a.recoveries == 1
+    b.append([make_event("tool_called", tool="b")])
+    a.append([make_event("tool_called", tool="a5")])
+    a.append([make_event("tool_called", tool="a6")])
+    assert a.recoveries == 2 and b.recoveries == 1
+    a.close()
+    b.close()
+    assert verify(log_files(path), key, head_of=path).lines == 8
+
+
 def test_a_log_from_before_the_chain_is_set_aside(iron_home, capsys):
     iron_home.mkdir(parents=True)
     (iron_home / "audit.jsonl").write_text('{"type":"call_completed","agent_id":"old"}\n')
