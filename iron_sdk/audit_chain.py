@@ -232,9 +232,11 @@ class ChainWriter:
     def _write(self, lines: list[bytes]) -> None:
         if lines:
             assert self._fd is not None
-            data = b"".join(lines)
-            os.write(self._fd, data)
-            self._size += len(data)
+            data = memoryview(b"".join(lines))
+            while data:  # a short write (disk nearly full) goes on where it stopped
+                written = os.write(self._fd, data)
+                self._size += written
+                data = data[written:]
 
     def _sync(self) -> None:
         """Under the lock: follow a rotation by another process, and re-read the last
