@@ -7,6 +7,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from iron_sdk.config import RuntimeConfig
 from iron_sdk.errors import MICRO, IronCageError, usd
@@ -70,7 +71,43 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--json", action="store_true")
 
     sub.add_parser("demo", help="offline demo against a local stand-in provider")
+    _add_audit_parser(sub)
     return parser
+
+
+def _add_audit_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    audit = sub.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
+        dest="action", required=True)
+    verify = audit.add_parser("verify", help="check the MAC chain (exit 1 at the first bad "
+                                             "line)")
+    verify.add_argument("files", nargs="*", metavar="FILE",
+                        help="files in the order written (default: the whole rotated log)")
+    tail = audit.add_parser("tail", help="the latest events, optionally following")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    tail.add_argument("-n", "--lines", type=int, default=20, help="events shown (default 20)")
+    tail.add_argument("--agent", help="only this agent's events")
+    tail.add_argument("--type", help="only events of this type, e.g. call_blocked")
+    tail.add_argument("--since", type=_since, metavar="TIME",
+                      help="only events since TIME: 15m, 2h, 1d ago, or an ISO date/time")
+    tail.add_argument("--json", action="store_true", help="one JSON event per line")
+
+
+def _since(text: str) -> float:
+    """``15m`` (ago), ``2026-12-01T14:00``, or epoch seconds → a timestamp."""
+    import time
+    from datetime import datetime
+
+    if _DURATION.match(text):
+        return time.time() - _duration(text)
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "use a duration ago (15m, 2h), an ISO date/time or epoch seconds") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
 
         return demo()
     config = RuntimeConfig()
+    if args.command == "audit":
+        return _audit(args, config)
     if args.command == "token" and args.action == "issue":
         from iron_sdk.identity import issue_token
 
@@ -346,6 +385,87 @@ def _print_tokens(tokens: list[dict[str, object]], *, as_json: bool) -> int:
                       when(t["revoked"]))
     Console().print(table)
     return 0
+
+
+def _audit(args: argparse.Namespace, config: RuntimeConfig) -> int:
+    from iron_sdk.audit_chain import audit_key, head_path, log_files, verify
+    from iron_sdk.identity import load_secret
+
+    current = config.home / "audit.jsonl"
+    if args.action == "tail":
+        return _audit_tail(args, current)
+    key = audit_key(load_secret(config.home, create=False))
+    if args.files:
+        files = [Path(f) for f in args.files]
+        head_of = files[-1] if head_path(files[-1]).exists() else None
+        verdict = verify(files, key, head_of=head_of, from_start=False)
+    else:
+        verdict = verify(log_files(current), key, head_of=current)
+    print(verdict, file=sys.stdout if verdict.ok else sys.stderr)
+    return 0 if verdict.ok else 1
+
+
+def _audit_tail(args: argparse.Namespace, current: Path) -> int:
+    import itertools
+    from collections import deque
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from iron_sdk.audit_chain import follow, log_files, read_file, read_files
+
+    def wanted(e: dict) -> bool:
+        return ((args.agent is None or e.get("agent_id") == args.agent)
+                and (args.type is None or e.get("type") == args.type)
+                and (args.since is None or e.get("ts", 0) >= args.since))
+
+    console = Console(highlight=False)
+    rotated = read_files(p for p in log_files(current) if p != current)
+    f = current.open("rb") if current.exists() else None  # followed from where it ends
+    events = itertools.chain(rotated, read_file(f) if f else ())
+    latest = deque((e for e in events if wanted(e)), maxlen=max(args.lines, 0))
+    if args.json:
+        for e in latest:
+            print(json.dumps(e), flush=True)
+    else:
+        table = Table(title="Audit log")
+        for col in _AUDIT_COLUMNS:
+            table.add_column(col, justify="right" if col in ("tokens", "cost (USD)", "seq")
+                             else "left")
+        for e in latest:
+            table.add_row(*_audit_row(e))
+        console.print(table)
+    if not args.follow:
+        return 0
+    try:
+        for e in follow(current, f):
+            if not wanted(e):
+                continue
+            if args.json:
+                print(json.dumps(e), flush=True)
+            else:
+                console.print("  ".join(_audit_row(e)))
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+_AUDIT_COLUMNS = ("time", "type", "agent", "model", "tokens", "cost (USD)", "outcome", "seq")
+
+
+def _audit_row(e: dict) -> tuple[str, ...]:
+    import time
+
+    ts = e.get("ts")
+    when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+            if isinstance(ts, int | float) else "?")
+    tokens = (f"{e.get('input_tokens', 0)}→{e.get('output_tokens', 0)}"
+              if "input_tokens" in e else "")
+    cost = f"{usd(e['cost_micro']):.6f}" if isinstance(e.get("cost_micro"), int) else ""
+    outcome = str(e.get("reason") or e.get("outcome") or e.get("action") or "")
+    return (when, str(e.get("type", "?")), str(e.get("agent_id") or ""),
+            str(e.get("model") or ""), tokens, cost, outcome, str(e.get("seq", "")))
 
 
 if __name__ == "__main__":
