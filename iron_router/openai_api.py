@@ -32,6 +32,7 @@ from iron_sdk.errors import (
     IronCageError,
     ModelNotFoundError,
     RuntimeUnavailableError,
+    SafetyViolationError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
@@ -234,10 +235,14 @@ def _plain(st: RouterState, ex: Exchange, meter: Meter, response: httpx.Response
         obj = json.loads(content)
     except ValueError:
         obj = None
-    if isinstance(obj, dict):
-        meter.settle(obj)
-    else:  # an answer we cannot read: charge what was reserved rather than $0
-        settle_reserved(ex.call)
+    try:
+        if not isinstance(obj, dict):  # an answer we cannot read: charge the reservation
+            settle_reserved(ex.call)
+        elif meter.settle(obj):  # the response policy redacted it
+            content = json.dumps(obj, ensure_ascii=False).encode()
+    except SafetyViolationError as exc:  # the response policy blocks it (it is paid)
+        ex.close(exc)
+        return error_response(exc)
     ex.close(None)
     return Response(content, status_code=response.status_code, media_type=media_type)
 
@@ -302,8 +307,17 @@ async def _litellm_chat(st: RouterState, ex: Exchange, route: Route,
         return _litellm_failed(st, ex, route, exc)
     if call.stream:
         return _sse(ex, meter, relay_litellm(result, meter), getattr(result, "aclose", None))
-    obj = result.model_dump(exclude_none=True)
-    meter.settle(obj)
+    return _settled_answer(ex, meter, result.model_dump(exclude_none=True))
+
+
+def _settled_answer(ex: Exchange, meter: Meter, obj: dict[str, Any]) -> Response:
+    """Settle and scan an answer litellm translated; the answer as JSON, or the
+    response policy's refusal."""
+    try:
+        meter.settle(obj)
+    except SafetyViolationError as exc:
+        ex.close(exc)
+        return error_response(exc)
     ex.close(None)
     return Response(json.dumps(obj).encode(), media_type=JSON)
 
@@ -353,10 +367,7 @@ async def _embed(st: RouterState, ex: Exchange, route: Route, raw: bytes) -> Res
                                                          request.body["input"])
         except Exception as exc:
             return _litellm_failed(st, ex, route, exc)
-        obj = result.model_dump(exclude_none=True)
-        meter.settle(obj)
-        ex.close(None)
-        return Response(json.dumps(obj).encode(), media_type=JSON)
+        return _settled_answer(ex, meter, result.model_dump(exclude_none=True))
     if request.body["model"] != route.upstream_model:
         request.set_field("model", route.upstream_model)
     data = json.dumps(request.body, ensure_ascii=False).encode() if request.changed else raw

@@ -1,8 +1,10 @@
 """Server-sent events through the router: the upstream's SSE bytes (or litellm's chunk
-objects) relayed to the client, each event metered on the way (:class:`Meter` reads
-the chunk; this module only frames bytes). An event is passed on as the very bytes
-that came, unless it carried only the usage the client did not ask for (dropped) or a
-usage the client did not ask to see beside its choices (removed)."""
+objects) relayed to the client, each event metered and scanned on the way (:class:`Meter`
+reads and scans the chunk; this module only frames bytes). An event is passed on as the
+very bytes that came, unless it carried only the usage the client did not ask for
+(dropped), a usage the client did not ask to see beside its choices (removed), or text
+the response policy redacts or holds back (re-encoded; held text comes out before the
+stream's end). A response policy that blocks ends the stream with an error event."""
 
 from __future__ import annotations
 
@@ -10,32 +12,43 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from iron_sdk.errors import SafetyViolationError
+
 if TYPE_CHECKING:
     import httpx
 
     from iron_sdk.meter import Meter
 
 
+def _encode(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode()
+
+
 def _event(event: bytes, meter: Meter) -> bytes | None:
-    """Meter one SSE event; return it, a copy without usage, or None to drop it."""
+    """Meter one SSE event; return it, a re-encoded copy, or None to drop it."""
     start = event.find(b"data:")
     if start < 0:
         return event
     payload = event[start + 5:].strip()
     if not payload.startswith(b"{"):
-        return event  # [DONE], comments
+        if payload == b"[DONE]":  # what the scan still held goes out before the end
+            tail = [_encode(obj) for obj in meter.end()]
+            return b"\n\n".join([*tail, event]) if tail else event
+        return event  # comments
     try:
         obj = json.loads(payload)
     except ValueError:
         return event
     if not isinstance(obj, dict):
         return event
-    if not meter.observe(obj):
+    out = meter.take(obj)
+    if not out:
         return None  # usage the router asked for on the client's behalf
     if meter.hide_usage and obj.get("usage"):
         del obj["usage"]
-        return event[:start] + b"data: " + json.dumps(obj, separators=(",", ":")).encode()
-    return event
+    elif len(out) == 1 and (meter.guard is None or meter.guard.action == "log"):
+        return event  # nothing changed: the very bytes
+    return b"\n\n".join(_encode(o) for o in out)
 
 
 def _scan(block: bytes, meter: Meter) -> bytes:
@@ -57,6 +70,14 @@ def _scan(block: bytes, meter: Meter) -> bytes:
 
 async def relay_sse(response: httpx.Response, meter: Meter) -> AsyncIterator[bytes]:
     """The upstream's SSE bytes, metered, forwarded per network chunk."""
+    try:
+        async for out in _relay_sse(response, meter):
+            yield out
+    except SafetyViolationError as exc:  # the answer is blocked: say so, end the stream
+        yield _encode(exc.to_body()) + b"\n\n"
+
+
+async def _relay_sse(response: httpx.Response, meter: Meter) -> AsyncIterator[bytes]:
     buf = b""
     async for chunk in response.aiter_bytes():
         if b"\r" in chunk:
@@ -77,11 +98,16 @@ async def relay_sse(response: httpx.Response, meter: Meter) -> AsyncIterator[byt
 
 async def relay_litellm(stream: Any, meter: Meter) -> AsyncIterator[bytes]:
     """litellm's stream chunks as OpenAI SSE events, metered."""
-    async for chunk in stream:
-        obj = chunk.model_dump(exclude_none=True)
-        if not meter.observe(obj):
-            continue
-        if meter.hide_usage:
-            obj.pop("usage", None)
-        yield b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    try:
+        async for chunk in stream:
+            obj = chunk.model_dump(exclude_none=True)
+            for out in meter.take(obj):
+                if meter.hide_usage:
+                    out.pop("usage", None)
+                yield _encode(out) + b"\n\n"
+        for out in meter.end():
+            yield _encode(out) + b"\n\n"
+    except SafetyViolationError as exc:
+        yield _encode(exc.to_body()) + b"\n\n"
+        return
     yield b"data: [DONE]\n\n"

@@ -29,6 +29,7 @@ from iron_sdk.usage import usage_from_anthropic, usage_from_openai
 if TYPE_CHECKING:
     from iron_sdk.call import LlmCall
     from iron_sdk.request import LlmRequest
+    from iron_sdk.safety.response import ResponseGuard
 
 Protocol = Literal["openai", "responses", "anthropic"]
 
@@ -58,7 +59,8 @@ def protocol_of(request: LlmRequest) -> Protocol:
 class Meter:
     """Settles one call exactly once; see the module docstring for the order."""
 
-    __slots__ = ("call", "parts", "usage", "done", "hide_usage", "protocol", "_observe")
+    __slots__ = ("call", "parts", "usage", "done", "hide_usage", "protocol", "guard",
+                 "_observe")
 
     def __init__(self, call: LlmCall, *, hide_usage: bool = False,
                  protocol: Protocol | None = None) -> None:
@@ -69,11 +71,32 @@ class Meter:
         self.hide_usage = hide_usage
         self.protocol: Protocol = protocol or protocol_of(call.request)
         self._observe = _OBSERVERS[self.protocol]
+        # What the model answers is scanned too (SafetyConfig.response).
+        self.guard: ResponseGuard | None = None
+        if call.session.safety.response != "off":
+            from iron_sdk.safety.response import ResponseGuard
+
+            self.guard = ResponseGuard(call)
 
     def observe(self, chunk: Any) -> bool:
         """Meter one stream chunk or event (object or dict). False for a chunk that
         carries only the usage the caller did not ask for: do not show it to them."""
         return self._observe(self, chunk) or not self.hide_usage
+
+    def take(self, chunk: Any) -> list[Any]:
+        """Meter one stream chunk and scan it (redacted in place where the response
+        policy redacts); returns the chunks to pass on: none for a hidden usage chunk,
+        two when held text is released before it. Raises the response policy's
+        :class:`~iron_sdk.errors.SafetyViolationError` under ``block``."""
+        show = self.observe(chunk)
+        if self.guard is None:
+            return [chunk] if show else []
+        out = self.guard.chunk(chunk, self.protocol)
+        return out if show else out[:-1]
+
+    def end(self) -> list[Any]:
+        """The stream is over: chunks carrying text the scan still held, if any."""
+        return self.guard.close(self.protocol) if self.guard is not None else []
 
     def finish(self) -> None:
         """The stream ended (or was abandoned): settle with its usage, else the text."""
@@ -84,6 +107,8 @@ class Meter:
             self.call.session.runtime.settle_call(self.call, self.usage)
         else:
             settle_text(self.call, "".join(self.parts))
+        if self.guard is not None:
+            self.guard.done()  # report what the answer contained
 
     def fail(self, error: BaseException) -> None:
         """The stream failed: generated tokens are billed, else the call is released."""
@@ -102,12 +127,16 @@ class Meter:
         self.done = True
         self.call.session.runtime.settle_call(self.call, usage)
 
-    def settle(self, result: Any) -> None:
-        """Settle from a complete answer (object or dict, any protocol)."""
+    def settle(self, result: Any) -> bool:
+        """Settle from a complete answer (object or dict, any protocol), then scan it
+        (in place); True when the scan changed it. Raises the response policy's
+        :class:`~iron_sdk.errors.SafetyViolationError` under ``block`` (the call is
+        charged all the same)."""
         if self.done:
-            return
+            return False
         self.done = True
         settle_response(self.call, result, self.protocol)
+        return self.guard.answer(result, self.protocol) if self.guard is not None else False
 
 
 def settle_response(call: LlmCall, result: Any, protocol: Protocol | None = None) -> None:
@@ -275,38 +304,59 @@ class MeteredStream:
 
     def __init__(self, stream: Any, meter: Meter) -> None:
         self._stream, self._meter = stream, meter
+        self._ready: list[Any] = []  # chunks to hand out before reading more
+        self._ended = False
 
     def __iter__(self) -> MeteredStream:
         return self
 
     def __next__(self) -> Any:
-        while True:
+        while not self._ready:
+            if self._ended:
+                raise StopIteration
             try:
                 chunk = next(self._stream)
             except StopIteration:
-                self._meter.finish()
-                raise
+                self._end()
+                continue
             except BaseException as exc:
                 self._meter.fail(exc)
                 raise
-            if self._meter.observe(chunk):
-                return chunk
+            self._take(chunk)
+        return self._ready.pop(0)
 
     def __aiter__(self) -> MeteredStream:
         return self
 
     async def __anext__(self) -> Any:
-        while True:
+        while not self._ready:
+            if self._ended:
+                raise StopAsyncIteration
             try:
                 chunk = await self._stream.__anext__()
             except StopAsyncIteration:
-                self._meter.finish()
-                raise
+                self._end()
+                continue
             except BaseException as exc:
                 self._meter.fail(exc)
                 raise
-            if self._meter.observe(chunk):
-                return chunk
+            self._take(chunk)
+        return self._ready.pop(0)
+
+    def _take(self, chunk: Any) -> None:
+        try:
+            self._ready.extend(self._meter.take(chunk))
+        except BaseException as exc:  # the response policy blocks the rest
+            self._ended = True
+            self._meter.finish()  # what was generated is charged
+            raise exc from None
+
+    def _end(self) -> None:
+        self._ended = True
+        try:
+            self._ready.extend(self._meter.end())
+        finally:
+            self._meter.finish()
 
     def close(self) -> Any:
         """Close the stream; awaitable when the stream's own ``close`` is (openai's

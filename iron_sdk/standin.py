@@ -46,6 +46,9 @@ class StandInProvider:
         self.stream_usage = stream_usage  # False: never send a usage chunk
         self.cached_tokens = cached_tokens
         self.chunk_delay_s = chunk_delay_s
+        # A fixed answer instead of the words (streamed 7 characters a chunk, so a value in
+        # it is split over chunks): what response scanning is tested with.
+        self.reply: str | None = None
         self.requests: list[dict[str, Any]] = []  # bodies received, in order
         self.headers: list[dict[str, str]] = []
         self.raw_requests: list[bytes] = []  # the bytes as they arrived
@@ -85,6 +88,8 @@ class StandInProvider:
             self.raw_requests.append(raw)
 
     def reply_text(self, max_tokens: int | None) -> list[str]:
+        if self.reply is not None:
+            return [self.reply[i:i + 7] for i in range(0, len(self.reply), 7)]
         n = self.reply_words if max_tokens is None else min(self.reply_words, max_tokens)
         return [WORDS[i % len(WORDS)] + ("" if i == n - 1 else " ") for i in range(n)]
 

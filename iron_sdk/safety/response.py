@@ -73,6 +73,7 @@ class ResponseGuard:
         """Scan a complete answer in place; True when it was changed. Raises
         :class:`SafetyViolationError` under ``block`` when something was found."""
         changed = self._rewrite(result, protocol, count=True)
+        self._check()
         self.done()
         return changed
 

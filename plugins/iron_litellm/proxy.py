@@ -147,7 +147,10 @@ class IronProxyHandler(CustomLogger):
         if meter.call.stream and not hasattr(response, "choices"):
             self._pending[str(data.get("litellm_call_id"))] = meter  # the stream settles
             return response
-        self._end(meter.call, functools.partial(meter.settle, response))
+        try:
+            self._end(meter.call, functools.partial(meter.settle, response))
+        except IronCageError as exc:  # the response policy blocks the answer (it is paid)
+            raise IronProxyError(exc) from None
         return response
 
     async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
@@ -168,10 +171,12 @@ class IronProxyHandler(CustomLogger):
             return
         try:
             async for chunk in response:
-                if meter.observe(chunk):
-                    yield chunk
-        except BaseException as exc:  # provider failed mid-stream, or the client left
-            self._end(meter.call, functools.partial(meter.fail, exc), exc)
+                for out in meter.take(chunk):
+                    yield out
+            for out in meter.end():
+                yield out
+        except BaseException as exc:  # provider failed mid-stream, the client left, or
+            self._end(meter.call, functools.partial(meter.fail, exc), exc)  # blocked
             raise
         self._end(meter.call, meter.finish)
 
