@@ -429,6 +429,7 @@ _CLIENT_EVENTS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "usage_missing": {"call_id": str, "model": str},
     "proxy_request_ungoverned": {"call_type": str, "model": str},
     "plugin_failed": {"plugin": str, "hook": str, "error": str, "call_id": str},
+    "outside_session": {"call_id": str, "model": str, "integration": str},
 }
 _MAX_EVENT_STR = 200
 

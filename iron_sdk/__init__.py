@@ -34,16 +34,18 @@ _EXPORTS = {
         "InvalidRequestError", "RateLimitedError", "CircuitOpenError",
         "RuntimeUnavailableError", "UnknownModelPriceError", "ModelNotFoundError",
         "ModelNotAllowedError", "AgentDisabledError", "ToolNotAllowedError",
+        "OutsideSessionError",
         "PolicyViolationError")},
 }
 
 __all__ = [
     "AgentDisabledError", "BudgetConfig", "BudgetExceededError", "CircuitOpenError",
     "InvalidRequestError", "InvalidTokenError", "IronCageError", "ModelNotAllowedError",
-    "ModelNotFoundError", "PolicyViolationError", "RateLimitedError", "ReliabilityConfig",
-    "Runtime", "RuntimeConfig", "RuntimeUnavailableError", "SafetyConfig",
-    "SafetyViolationError", "Session", "ToolNotAllowedError", "UnknownModelPriceError",
-    "current_session", "get_runtime", "hookimpl", "llm_call", "protect_agent", "set_runtime",
+    "ModelNotFoundError", "OutsideSessionError", "PolicyViolationError", "RateLimitedError",
+    "ReliabilityConfig", "Runtime", "RuntimeConfig", "RuntimeUnavailableError",
+    "SafetyConfig", "SafetyViolationError", "Session", "ToolNotAllowedError",
+    "UnknownModelPriceError", "current_session", "get_runtime", "hookimpl", "llm_call",
+    "protect_agent", "set_runtime",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
         IronCageError,
         ModelNotAllowedError,
         ModelNotFoundError,
+        OutsideSessionError,
         PolicyViolationError,
         RateLimitedError,
         RuntimeUnavailableError,

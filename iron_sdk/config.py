@@ -243,6 +243,13 @@ class RuntimeConfig(_Config):
     safety: SafetyConfig = SafetyConfig()
     reliability: ReliabilityConfig = ReliabilityConfig()
     load_entry_points: bool = True
+    # Calls through an instrumented client outside any protected function: governed as
+    # this agent (default: $IRON_AGENT, else "unattributed"), or refused.
+    default_agent: str | None = None
+    outside_session: Literal["govern", "refuse"] = "govern"
+
+    def default_agent_id(self) -> str:
+        return self.default_agent or os.environ.get("IRON_AGENT") or "unattributed"
 
     def ensure_home(self) -> Path:
         """Create ``home`` 0700 if it does not exist yet (:func:`iron_sdk.home.ensure_home`);

@@ -229,6 +229,21 @@ class PolicyViolationError(IronCageError):
         return {"field": self.field}
 
 
+class OutsideSessionError(IronCageError):
+    """A governed client was used outside any protected function, and the operator's
+    policy refuses such calls (``RuntimeConfig(outside_session="refuse")``)."""
+
+    status = 403
+    code = "outside_session"
+    type = "permission_error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (
+            "This LLM call was made outside any @protect_agent function, and the "
+            "operator's policy refuses such calls (outside_session: refuse). Wrap the code "
+            "path that makes it in @protect_agent."))
+
+
 class PayloadTooLargeError(InvalidRequestError):
     """The request body is over the router's size limit."""
 
@@ -257,6 +272,7 @@ _BY_CODE: dict[str, type[IronCageError]] = {
                               RuntimeUnavailableError, UnknownModelPriceError,
                               ModelNotFoundError, ModelNotAllowedError, AgentDisabledError,
                               ToolNotAllowedError, PolicyViolationError, PayloadTooLargeError,
+                              OutsideSessionError,
                               UpstreamUnreachableError, UpstreamTimeoutError)
 }
 

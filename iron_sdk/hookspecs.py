@@ -74,6 +74,18 @@ def iron_configure(runtime: GovernanceRuntime) -> None:
 
 
 @hookspec
+def iron_instrument() -> None:
+    """Instrument the frameworks this plugin governs that are already imported (never
+    import one): a client used before any session, or outside every protected function,
+    is then governed too.
+
+    Called, with the entry-point plugins only, in the agent's process when
+    ``@protect_agent`` decorates a function (before any runtime may exist); may be called
+    again, so it must be idempotent. Should not raise.
+    """
+
+
+@hookspec
 def iron_unconfigure(runtime: GovernanceRuntime) -> None:
     """The runtime is shutting down: flush and close what ``iron_configure`` opened.
 

@@ -28,8 +28,13 @@ The usual shape, for a client method that sends ``**kwargs`` as the request::
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextvars import Token
+from types import ModuleType
 from typing import Any
 
 from iron_sdk.call import LlmCall, ToolCall, Usage, field_of
@@ -47,16 +52,16 @@ from iron_sdk.meter import (
     settle_text,
 )
 from iron_sdk.request import LlmRequest, Media, Text, Writable, read_request
-from iron_sdk.session import Session, active_session
+from iron_sdk.session import Session, _current, active_session
 from iron_sdk.usage import usage_from_anthropic, usage_from_openai
 
 __all__ = [
     "Event", "LlmCall", "LlmRequest", "Media", "Meter", "MeteredStream", "Patches",
     "Protocol", "Session", "Text", "ToolCall", "Usage", "Writable", "active_session",
-    "ask_for_usage", "begin", "call_event", "deliver", "field_of", "hookimpl",
-    "is_outer_governed", "make_event", "outer_governed", "read_request", "response_text",
-    "settle_reserved", "settle_response", "settle_text", "usage_from_anthropic",
-    "usage_from_openai",
+    "ask_for_usage", "begin", "call_event", "deliver", "enter_session", "exit_session",
+    "field_of", "hookimpl", "is_outer_governed", "make_event", "outer_governed",
+    "read_request", "response_text", "settle_reserved", "settle_response", "settle_text",
+    "usage_from_anthropic", "usage_from_openai", "when_imported",
 ]
 
 
@@ -67,16 +72,30 @@ def begin(kind: str, body: dict[str, Any], *, source: str, model: str | None = N
     """Govern a request about to leave: read ``body`` (the request's fields) as ``kind``,
     run the request policies (may raise the refusal), ask a stream for its usage.
 
+    Outside any protected function the request is governed all the same, in the
+    runtime's outside session (its default agent; audited as ``outside_session``), or
+    refused with :class:`~iron_sdk.errors.OutsideSessionError` where the operator says
+    so.
+
     Returns the call — send ``call.request.body``, redacted where the policy redacts —
-    and the meter that settles it; None when the request is not governed here (no
-    session is active, or an outer integration governs it).
+    and the meter that settles it; None when an outer integration governs the request.
     """
-    session = session or active_session()
-    if session is None or is_outer_governed():
+    if is_outer_governed():
         return None
+    outside = False
+    if session is None:
+        session = active_session()
+        if session is None:
+            from iron_sdk.runtime import get_runtime
+
+            session, outside = get_runtime().outside_session(), True
     request = read_request(kind, body, writable=writable)
     call = session.runtime.begin_call(session, request, model=model, source=source,
                                       provider=provider)
+    if outside:
+        session.runtime.emit(make_event(
+            "outside_session", call_id=call.call_id, session_id=session.session_id,
+            agent_id=session.agent_id, model=call.model, integration=source))
     return call, Meter(call, hide_usage=ask_for_usage(request), protocol=protocol)
 
 
@@ -95,6 +114,20 @@ def deliver(meter: Meter, result: Any) -> Any:
         parsed = result.parse()
     meter.settle(parsed)
     return result
+
+
+def enter_session(session: Session) -> Token[Session | None]:
+    """Make ``session`` the current one (an integration that governs runs under its own
+    identity, so the client plugins under it charge that agent); undo with
+    :func:`exit_session`."""
+    return _current.set(session)
+
+
+def exit_session(token: Token[Session | None]) -> None:
+    try:
+        _current.reset(token)
+    except ValueError:  # ended in another context than it started in
+        _current.set(None)
 
 
 class Patches:
@@ -130,3 +163,63 @@ class Patches:
             for (owner, name), original in self._originals.items():
                 setattr(owner, name, original)
             self._originals.clear()
+
+
+# -- post-import hooks ------------------------------------------------------------------
+_waiting: dict[str, list[Callable[[ModuleType], None]]] = {}
+_waiting_lock = threading.Lock()
+
+
+def when_imported(module: str, callback: Callable[[ModuleType], None]) -> None:
+    """Call ``callback(module)`` now if ``module`` is imported, else right after it is.
+
+    The callback runs while the import system still holds the module's lock: it must
+    only patch attributes of what is already loaded, never import (another thread
+    importing a submodule would deadlock); defer heavier work, e.g. to the first
+    construction of a client class.
+    """
+    loaded = sys.modules.get(module)
+    if loaded is not None and getattr(loaded, "__spec__", None) is not None and \
+            not getattr(loaded.__spec__, "_initializing", False):
+        callback(loaded)
+        return
+    with _waiting_lock:
+        _waiting.setdefault(module, []).append(callback)
+        if not any(isinstance(f, _PostImportFinder) for f in sys.meta_path):
+            sys.meta_path.insert(0, _PostImportFinder())
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the real loader of a watched module so that the
+    callbacks run once the module has executed."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in _waiting:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _Loader(spec.loader)
+                return spec
+        return None
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.inner.exec_module(module)
+        with _waiting_lock:
+            callbacks = _waiting.pop(module.__name__, [])
+        for callback in callbacks:
+            callback(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ if TYPE_CHECKING:
     from iron_sdk.config import RuntimeConfig
 
 ENTRY_POINT_GROUP = "iron_sdk"
+log = logging.getLogger("iron_sdk")
 
 
 def make_manager(config: RuntimeConfig) -> pluggy.PluginManager:
@@ -36,6 +39,30 @@ def make_manager(config: RuntimeConfig) -> pluggy.PluginManager:
     if config.load_entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     return pm
+
+
+_instrumented = False
+_instrument_lock = threading.Lock()
+
+
+def instrument_frameworks() -> None:
+    """Let the entry-point plugins instrument the frameworks already imported (the
+    ``iron_instrument`` hook), once per process, without creating a runtime."""
+    global _instrumented
+    if _instrumented:
+        return
+    with _instrument_lock:
+        if _instrumented:
+            return
+        pm = pluggy.PluginManager("iron_sdk")
+        pm.add_hookspecs(hookspecs)
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        call_each(pm, "iron_instrument", _log_failure)
+        _instrumented = True
+
+
+def _log_failure(plugin: str, hook: str, exc: BaseException, call: Any) -> None:
+    log.warning("plugin %s failed in %s (%s)", plugin, hook, type(exc).__name__)
 
 
 OnFailure = Callable[[str, str, BaseException, Any], None]

@@ -49,6 +49,9 @@ class _Protector:
             raise ValueError("budget_usd must be positive")
         self.options = dict(ic_token=ic_token, agent_id=agent_id, budget_usd=budget_usd,
                             budget=budget, safety=safety, reliability=reliability)
+        from iron_sdk.plugins import instrument_frameworks
+
+        instrument_frameworks()  # clients already imported are governed from now on
 
     def _open(self, fn: Callable[..., Any]) -> Session:
         from iron_sdk.runtime import get_runtime  # the runtime loads on first use

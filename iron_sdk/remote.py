@@ -103,6 +103,8 @@ class RemoteRuntime:
         self._prices: dict[str, ModelPrice] = {}
         self._sessions: weakref.WeakValueDictionary[str, Session] = (
             weakref.WeakValueDictionary())
+        self._outside: Session | None = None
+        self._outside_lock = threading.Lock()
         self._configs: dict[str, tuple[dict[str, Any], Any]] = {}
         self._safety: Any = None  # local safety policy, for calls made while unreachable
         # SDK-side plugins: framework integrations install themselves on session start
@@ -229,6 +231,21 @@ class RemoteRuntime:
             self._sessions[session.session_id] = session
             _mirror(session, reply["session"])
         self.hook.iron_session_start(session=session)
+        return session
+
+    def outside_session(self) -> Session:
+        """The session of calls made outside any protected function, opened in the
+        router for ``$IRON_AGENT`` (else "unattributed") with the token in
+        ``$IRON_IC_TOKEN``/``$IC_TOKEN``: the router's operator decides whether it may
+        exist."""
+        session = self._outside
+        if session is None:
+            with self._outside_lock:
+                session = self._outside
+                if session is None:
+                    token = os.environ.get("IRON_IC_TOKEN") or os.environ.get("IC_TOKEN")
+                    session = self._outside = self.open_session(
+                        None if token else self.config.default_agent_id(), ic_token=token)
         return session
 
     def _config(self, name: str, model: Any, reply: dict[str, Any]) -> Any:

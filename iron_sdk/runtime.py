@@ -28,6 +28,7 @@ from iron_sdk.config import BudgetConfig, ReliabilityConfig, RuntimeConfig, Safe
 from iron_sdk.errors import (
     InvalidRequestError,
     IronCageError,
+    OutsideSessionError,
     RuntimeUnavailableError,
     UnknownModelPriceError,
 )
@@ -62,6 +63,8 @@ class Runtime:
         for plugin in plugins:
             self.pm.register(plugin)
         self._prices: dict[str, ModelPrice] = {}
+        self._outside: Session | None = None
+        self._outside_lock = threading.Lock()
         self.hook = self.pm.hook
         self.hook.iron_configure(runtime=self)
 
@@ -108,6 +111,21 @@ class Runtime:
 
     def close_session(self, session: Session, error: BaseException | None = None) -> None:
         self.hook.iron_session_end(session=session, error=error)
+
+    def outside_session(self) -> Session:
+        """The session of calls made outside any protected function: one per runtime,
+        for ``config.default_agent_id()``; raises :class:`OutsideSessionError` where the
+        operator refuses such calls."""
+        if self.config.outside_session == "refuse":
+            raise OutsideSessionError()
+        session = self._outside
+        if session is None:
+            with self._outside_lock:
+                session = self._outside
+                if session is None:
+                    session = self._outside = self.open_session(
+                        self.config.default_agent_id())
+        return session
 
     # -- model calls ------------------------------------------------------------------
     def begin_call(self, session: Session, request: LlmRequest, *, model: str | None = None,

@@ -521,7 +521,8 @@ def test_explicit_handler_governs_without_protect_agent(runtime, provider, chat)
         chat.invoke("hello", config=config)
         lookup_order.invoke({"order_id": "B-2"}, config=config)
         assert handler.session is not None and handler.session.calls == 1
-    charged_once(runtime, provider, "lc-explicit", source="langchain")
+    # ChatOpenAI: the openai-client plugin charges it, to the handler's agent.
+    charged_once(runtime, provider, "lc-explicit", source="openai")
     assert [t["tool"] for t in events(runtime, "tool_called")] == ["lookup_order"]
 
     with IronCallbackHandler(agent_id="lc-explicit-broke", budget_usd=0.000001) as broke, \
@@ -530,11 +531,15 @@ def test_explicit_handler_governs_without_protect_agent(runtime, provider, chat)
     assert len(provider.requests) == 1
 
 
-def test_nothing_is_attached_outside_protected_functions(runtime, provider, chat, plain):
-    chat.invoke("hello")
-    plain.invoke(PII)  # ungoverned: no session, no handler
+def test_outside_protected_functions_the_client_plugin_still_governs(runtime, provider, chat,
+                                                                     plain):
+    chat.invoke(PII)  # ChatOpenAI: the openai client is governed in the outside session
+    plain.invoke(PII)  # a raw HTTP model: no handler is attached outside sessions
     assert len(provider.requests) == 2
-    assert events(runtime, "call_completed") == []
+    _assert_redacted(provider.requests[0]["messages"][0]["content"])
+    assert PII in json.dumps(provider.requests[1])
+    [done] = events(runtime, "call_completed")
+    assert done["agent_id"] == "unattributed" and done["source"] == "openai"
 
 
 def test_importing_the_plugin_does_not_import_langchain():

@@ -259,12 +259,13 @@ def test_outer_integration_governing_the_call_is_respected(runtime, provider, ll
     assert agent() == 0 and len(provider.requests) == 1
 
 
-def test_outside_protected_functions_litellm_is_untouched(runtime, provider, llm):
+def test_outside_protected_functions_litellm_is_governed_all_the_same(runtime, provider, llm):
     instrument()
     reply = llm.completion(messages=[{"role": "user", "content": "mail a@b.example"}])
     assert reply.choices[0].message.content
-    assert provider.requests[0]["messages"][0]["content"] == "mail a@b.example"
-    assert runtime.ledger.usage() == []
+    assert provider.requests[0]["messages"][0]["content"] == "mail [EMAIL_REDACTED]"
+    runtime.flush()
+    assert [row.agent_id for row in runtime.ledger.usage()] == ["unattributed"]
 
 
 def test_reference_imported_before_activation_is_governed(runtime, provider):

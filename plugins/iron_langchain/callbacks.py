@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -49,6 +49,8 @@ from iron_sdk.integration import (
     Session,
     ToolCall,
     active_session,
+    enter_session,
+    exit_session,
     is_outer_governed,
     read_request,
     usage_from_openai,
@@ -86,6 +88,7 @@ class IronCallbackHandler(BaseCallbackHandler):
         self._own: Session | None = None
         self._lock = threading.Lock()
         self._calls: dict[UUID, LlmCall] = {}
+        self._lent: dict[UUID, Token[Session | None]] = {}  # runs made current (_lend)
         self._tools: dict[UUID, ToolCall] = {}
 
     # Only model and tool events matter: skip the per-step chain/retriever dispatch.
@@ -143,8 +146,9 @@ class IronCallbackHandler(BaseCallbackHandler):
         params = invocation_params or {}
         if params.get("_type") == GOVERNED_TYPE:
             return  # IronChatModel governs (and redacts) its own runs
-        if session is active_session() and _client_governed(serialized):
-            return  # the openai-client plugin governs this request at the client
+        if _client_governed(serialized):
+            self._lend(session, run_id)  # the openai-client plugin governs it at the client
+            return
         self._begin(session, run_id, serialized, to_dicts(messages[0]), metadata, params,
                     batch_size=kwargs.get("batch_size") or 1)
 
@@ -154,8 +158,9 @@ class IronCallbackHandler(BaseCallbackHandler):
         session = self.session
         if session is None or is_outer_governed():
             return
-        if session is active_session() and _client_governed(serialized):
-            return  # the openai-client plugin governs (and redacts) this request
+        if _client_governed(serialized):
+            self._lend(session, run_id)  # the openai-client plugin governs (and redacts) it
+            return
         self._begin(session, run_id, serialized, prompts[0], metadata,
                     invocation_params or {}, batch_size=kwargs.get("batch_size") or 1)
 
@@ -204,13 +209,26 @@ class IronCallbackHandler(BaseCallbackHandler):
                 if call is not None:
                     call.session.runtime.fail_call(call, error)
 
+    def _lend(self, session: Session, run_id: UUID) -> None:
+        """A run the client plugin governs, under this handler's own identity: make that
+        session current for the run, so the client plugin charges it to this agent."""
+        if session is not active_session():
+            self._lent[run_id] = enter_session(session)
+
+    def _return(self, run_id: UUID) -> None:
+        token = self._lent.pop(run_id, None)
+        if token is not None:
+            exit_session(token)
+
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        self._return(run_id)
         call = self._calls.pop(run_id, None)
         if call is not None:
             _meter(call, response).finish()
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID,
                      response: LLMResult | None = None, **kwargs: Any) -> None:
+        self._return(run_id)
         call = self._calls.pop(run_id, None)
         if call is not None:  # an abandoned stream pays for what it generated
             _meter(call, response).fail(error)

@@ -8,6 +8,18 @@ from iron_sdk.integration import Session, hookimpl
 
 
 @hookimpl
+def iron_instrument() -> None:
+    # A litellm call outside every protected function is governed too (in the runtime's
+    # outside session); the callback is added at the first session.
+    if "litellm" in sys.modules:
+        import litellm  # noqa: F401 - see below
+
+        from iron_litellm.sdk import instrument
+
+        instrument()
+
+
+@hookimpl
 def iron_session_start(session: Session) -> None:
     # Checked per session (a dict lookup) so importing iron_sdk never imports litellm.
     if "litellm" in sys.modules:

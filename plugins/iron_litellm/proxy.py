@@ -39,6 +39,7 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
+from iron_litellm import sdk
 from iron_sdk.errors import IronCageError, RuntimeUnavailableError
 from iron_sdk.integration import (
     LlmCall,
@@ -264,3 +265,4 @@ def _deployment_model(model_name: str) -> str:
 
 
 handler = IronProxyHandler()
+sdk.proxy_governs = True  # the proxy's hooks govern its requests; the SDK wrapper stands aside

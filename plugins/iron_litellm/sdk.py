@@ -47,6 +47,7 @@ from iron_sdk.integration import (
 _lock = threading.Lock()
 _originals: dict[str, Callable[..., Any]] = {}  # public name → litellm's own function
 _explicit = 0  # how many callbacks carry their own agent identity (0: skip the search)
+proxy_governs = False  # set by iron_litellm.proxy: the proxy's own hooks govern requests
 
 
 def instrument() -> None:
@@ -100,16 +101,22 @@ def register_explicit() -> None:
 def _session(kwargs: dict[str, Any]) -> Session | None:
     """The session this request is governed by, or None to pass it through untouched:
     the protected function's, else that of a callback with its own agent identity in
-    ``litellm.callbacks`` (or in this call's ``callbacks=``)."""
+    ``litellm.callbacks`` (or in this call's ``callbacks=``), else the runtime's outside
+    session (inside the LiteLLM proxy, whose own hooks govern: None)."""
     if is_outer_governed():  # an outer integration (or our own outer call) governs it
         return None
     session = active_session()
-    if session is not None or not _explicit:
+    if session is not None:
         return session
-    for cb in (*(kwargs.get("callbacks") or ()), *litellm.callbacks):
-        if getattr(cb, "has_identity", False) is True:
-            return cb.session()  # an IronLiteLLM with its own agent identity
-    return None
+    if _explicit:
+        for cb in (*(kwargs.get("callbacks") or ()), *litellm.callbacks):
+            if getattr(cb, "has_identity", False) is True:
+                return cb.session()  # an IronLiteLLM with its own agent identity
+    if proxy_governs:  # inside the LiteLLM proxy, its hooks govern every request
+        return None
+    from iron_sdk.runtime import get_runtime
+
+    return get_runtime().outside_session()  # governed outside any protected function
 
 
 @functools.cache
