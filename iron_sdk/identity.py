@@ -16,6 +16,8 @@ The budget is not in the token: it lives in the ledger, so it can change live.
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import json
 import os
@@ -166,6 +168,21 @@ def rotate_key(home: Path, *, grace_s: float, now: float | None = None) -> Signi
     body = {"keys": [k.to_json() for k in (*kept, new)]}
     create_private(ring, json.dumps(body, indent=2).encode())
     return new
+
+
+@functools.lru_cache(maxsize=256)
+def is_ic_token(value: object) -> bool:
+    """True when ``value`` looks like an IC token (a JWT issued by iron-sdk), read
+    without verifying it: a client using one as its API key talks to an iron router,
+    which governs its calls (the SDK in that process stands aside)."""
+    if not isinstance(value, str) or value.count(".") != 2 or not value.startswith("eyJ"):
+        return False
+    try:
+        payload = value.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except ValueError:
+        return False
+    return isinstance(claims, dict) and claims.get("iss") == ISSUER
 
 
 def issue_token(home: Path, agent_id: str, *, expires_in_s: float | None = None,

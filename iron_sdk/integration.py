@@ -41,6 +41,7 @@ from iron_sdk.call import LlmCall, ToolCall, Usage, field_of
 from iron_sdk.events import Event, call_event, make_event
 from iron_sdk.guard import is_outer_governed, outer_governed
 from iron_sdk.hookspecs import hookimpl
+from iron_sdk.identity import is_ic_token
 from iron_sdk.meter import (
     Meter,
     MeteredStream,
@@ -59,9 +60,9 @@ __all__ = [
     "Event", "LlmCall", "LlmRequest", "Media", "Meter", "MeteredStream", "Patches",
     "Protocol", "Session", "Text", "ToolCall", "Usage", "Writable", "active_session",
     "ask_for_usage", "begin", "call_event", "deliver", "enter_session", "exit_session",
-    "field_of", "hookimpl", "is_outer_governed", "make_event", "outer_governed",
-    "read_request", "response_text", "settle_reserved", "settle_response", "settle_text",
-    "usage_from_anthropic", "usage_from_openai", "when_imported",
+    "field_of", "hookimpl", "is_ic_token", "is_outer_governed", "make_event",
+    "outer_governed", "read_request", "response_text", "settle_reserved", "settle_response",
+    "settle_text", "usage_from_anthropic", "usage_from_openai", "when_imported",
 ]
 
 

@@ -319,8 +319,10 @@ def test_direct_llm_call_is_governed_once_on_either_route(runtime, stand, parts,
     assert body["messages"] == [{"role": "user", "content": "Write to [EMAIL_REDACTED]."}]
     assert [e["source"] for e in _events(runtime, "call_completed")] == ["crewai"]
     assert runtime.ledger.state(f"agent:llm-{route}").spent_micro == _want(stand.requests)
-    llm.call("Outside any protected function.")  # not governed: no session
-    assert len(stand.requests) == 2 and len(_events(runtime, "call_completed")) == 1
+    llm.call("Outside any protected function.")  # governed in the outside session
+    completed = _events(runtime, "call_completed")
+    assert len(stand.requests) == 2 and len(completed) == 2
+    assert completed[-1]["agent_id"] == "unattributed"
 
 
 @pytest.mark.parametrize("via", ["crew", "direct"])
@@ -380,7 +382,8 @@ def test_executor_built_before_the_plugin_attached_is_still_governed(runtime, st
 
     run()
     assert EMAIL not in json.dumps(stand.requests)
-    assert [e["source"] for e in _events(runtime, "call_completed")] == ["crewai"]
+    assert [e["source"] for e in _events(runtime, "call_completed")
+            if e["agent_id"] == "crew-late"] == ["crewai"]
     assert runtime.ledger.state("agent:crew-late").spent_micro == _want(stand.requests)
 
     @protect_agent(agent_id="crew-late-tight", budget_usd=0.000001)

@@ -238,10 +238,10 @@ def test_budget_threshold_events(runtime, provider, client, iron_home):
     assert [(m["scope"], m["threshold"]) for m in marks] == [("agent:watched", 0.1)]
 
 
-def test_outside_protected_function_the_client_is_untouched(runtime, provider, client):
-    client.chat.completions.create(model="not-a-priced-model", messages=MSG)
-    assert len(provider.requests) == 1
-    assert runtime.ledger.usage() == []
+def test_outside_protected_function_the_client_is_governed(runtime, provider, client):
+    with pytest.raises(UnknownModelPriceError):  # refused as inside one: never $0
+        client.chat.completions.create(model="not-a-priced-model", messages=MSG)
+    assert provider.requests == []
 
 
 def test_circuit_opens_after_repeated_provider_failures(runtime, provider, client):

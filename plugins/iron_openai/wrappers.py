@@ -9,7 +9,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from iron_sdk.integration import Patches, begin, deliver
+from iron_sdk.integration import Patches, begin, deliver, is_ic_token
 
 patches = Patches()
 
@@ -45,10 +45,16 @@ def uninstrument() -> None:
     patches.undo()
 
 
+def _routed(resource: Any) -> bool:
+    """The client talks to an iron router (its API key is an IC token): the router
+    governs the call, so it passes through here untouched."""
+    return is_ic_token(getattr(getattr(resource, "_client", None), "api_key", None))
+
+
 def _wrap_sync(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
     @functools.wraps(original)
     def governed(self: Any, *args: Any, **kwargs: Any) -> Any:
-        governed_call = begin(kind, kwargs, source="openai")
+        governed_call = None if _routed(self) else begin(kind, kwargs, source="openai")
         if governed_call is None:
             return original(self, *args, **kwargs)
         call, meter = governed_call
@@ -64,7 +70,7 @@ def _wrap_sync(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
 def _wrap_async(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
     @functools.wraps(original)
     async def governed(self: Any, *args: Any, **kwargs: Any) -> Any:
-        governed_call = begin(kind, kwargs, source="openai")
+        governed_call = None if _routed(self) else begin(kind, kwargs, source="openai")
         if governed_call is None:
             return await original(self, *args, **kwargs)
         call, meter = governed_call
