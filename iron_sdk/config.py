@@ -27,7 +27,9 @@ class BudgetConfig(_Config):
     scopes: tuple[str, ...] = ()
     # Output tokens reserved when the call sets no max_tokens (default: model's maximum).
     default_max_tokens: int | None = Field(default=None, gt=0)
-    lease_s: PositiveFloat = 900.0
+    # Lease of each reservation: renewed by a live process while its call runs; when its
+    # process dies it runs out and the reservation is charged (marked unsettled).
+    lease_s: float = Field(default=30.0, gt=0, le=7 * 86400, allow_inf_nan=False)
     # What to do when the ledger itself fails (disk full, locked): proceed or refuse.
     on_ledger_error: Literal["open", "closed"] = "open"
     thresholds: tuple[float, ...] = (0.5, 0.8, 1.0)

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from iron_sdk.errors import BudgetExceededError, RuntimeUnavailableError, usd
 from iron_sdk.events import make_event
 from iron_sdk.hookspecs import hookimpl
-from iron_sdk.ledger import ScopeState, Settlement
+from iron_sdk.ledger import InvalidAmountError, ScopeState, Settlement
+from iron_sdk.ledger.leases import LeaseKeeper
 from iron_sdk.ledger.writer import WriteBehindLedger
 from iron_sdk.tokens import count_messages
 
@@ -31,15 +32,22 @@ class BudgetPolicy:
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
         self.ledger: Ledger | None = None
+        self.leases: LeaseKeeper | None = None  # renews the leases of calls in flight
         self._deferred = False
         self._pending: dict[str, tuple[float, ...]] = {}  # call id → thresholds to check
 
     @hookimpl
     def iron_configure(self, runtime: Runtime) -> None:
         self.runtime, self.ledger = runtime, runtime.ledger
+        self.leases = LeaseKeeper(runtime.ledger)
         if isinstance(self.ledger, WriteBehindLedger):
             self.ledger.on_settled = self._written
             self._deferred = True
+
+    @hookimpl
+    def iron_unconfigure(self) -> None:
+        if self.leases is not None:
+            self.leases.close()
 
     @hookimpl(trylast=True)
     def iron_llm_request(self, call: LlmCall) -> None:
@@ -64,11 +72,15 @@ class BudgetPolicy:
                     scope=f"session:{session.agent_id}", limit_usd=usd(cap),
                     spent_usd=usd(session.spent_micro + session.reserved_micro),
                     requested_usd=usd(amount))
+            lease_s = session.budget.lease_s
             try:
                 call.ledger_reserved = self.ledger.reserve(
-                    call.call_id, session.scopes, amount, session.budget.lease_s)
+                    call.call_id, session.scopes, amount, lease_s, agent_id=session.agent_id,
+                    model=call.model)
             except RuntimeUnavailableError as exc:
                 self._ledger_failed(session, "reserve", exc)
+            if call.ledger_reserved and self.leases is not None:
+                self.leases.hold(call.call_id, lease_s)
             session.reserved_micro += amount
             call.reserved_micro = amount
             call.reserved_scopes = session.scopes
@@ -88,11 +100,16 @@ class BudgetPolicy:
             self._thresholds(session.agent_id, call.cost_micro, thresholds, [session_state])
         if self._deferred:  # written behind: thresholds are checked once it is written
             self._pending[call.call_id] = thresholds
+        if call.ledger_reserved and self.leases is not None:
+            self.leases.drop(call.call_id)
         try:
             states = self.ledger.settle(
                 call.call_id, session.scopes, call.cost_micro, agent_id=session.agent_id,
                 model=call.model, input_tokens=call.usage.input_tokens,
                 output_tokens=call.usage.output_tokens)
+        except InvalidAmountError:  # nothing queued; the lease charges what was reserved
+            self._pending.pop(call.call_id, None)
+            raise
         except RuntimeUnavailableError as exc:
             # The provider already answered: the charge cannot be refused, only logged.
             log.error("ledger settle failed for call %s: %s", call.call_id, exc)
@@ -118,6 +135,8 @@ class BudgetPolicy:
             session.reserved_micro -= call.reserved_micro
         amount, call.reserved_micro = call.reserved_micro, 0
         if call.ledger_reserved and self.ledger is not None:
+            if self.leases is not None:
+                self.leases.drop(call.call_id)
             try:
                 self.ledger.release(call.call_id)
             except RuntimeUnavailableError as exc:  # the lease frees it later anyway
