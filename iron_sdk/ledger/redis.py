@@ -125,7 +125,9 @@ return 1
 # {'cfg', scope, period, tz}. Nothing is written unless every item is well-formed.
 _SETTLE = _LIB + """
 local p, now = ARGV[1], ARGV[2]
-local function int(s) return string.match(s, '^%d+$') and #s <= 18 end
+local function int(s)  -- a decimal integer below 2^62 (same-length strings compare as numbers)
+  return string.match(s, '^%d+$') and (#s < 19 or (#s == 19 and s < '4611686018427387904'))
+end
 local i = 3
 while i <= #ARGV do
   if not (int(ARGV[i + 1]) and int(ARGV[i + 4]) and int(ARGV[i + 5])) then
