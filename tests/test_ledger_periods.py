@@ -144,6 +144,20 @@ def test_changing_the_period_is_seen_by_another_instance(tmp_path: Path, clock: 
         assert first.state(AGENT) == ScopeState(AGENT, 1000, 50, 0)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_settle_after_a_period_change_elsewhere_lands_in_the_new_period(
+        kind: str, tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> None:
+    url = str(tmp_path / "l.db") if kind == "sqlite" else request.getfixturevalue("redis_url")
+    with open_ledger(url) as first, open_ledger(url) as admin:
+        first.settle("a", [AGENT], 5, agent_id="bot", model="m", input_tokens=0,
+                     output_tokens=0)  # this process now knows AGENT as 'total'
+        admin.set_limit(AGENT, 100, period="daily")
+        [state] = first.settle("b", [AGENT], 7, agent_id="bot", model="m", input_tokens=0,
+                               output_tokens=0)  # no reservation: the current period
+        assert state == ScopeState(AGENT, 100, 7, 0, "daily", at(2026, 3, 10), at(2026, 3, 11))
+        assert admin.state(AGENT).spent_micro == 7
+
+
 def test_bad_period_or_zone_is_refused(ledger: Ledger) -> None:
     with pytest.raises(ValueError):
         ledger.set_limit(AGENT, 10, period="hourly")

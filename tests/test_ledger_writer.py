@@ -131,6 +131,18 @@ def test_settle_and_release_are_idempotent_by_id(make) -> None:  # noqa: ANN001
         led.reserve("a", [AGENT], 1, 30)
 
 
+def test_an_id_twice_in_one_batch_is_charged_once(make) -> None:  # noqa: ANN001
+    led = make()
+    led.set_limit(AGENT, 1000)
+    led.reserve("a", [AGENT], 100, 30)
+    item = Settlement("a", (AGENT, TEAM), 30, "bot", "m", 1, 1)
+    other = Settlement("b", (AGENT, TEAM), 5, "bot", "m", 1, 1)
+    states = led.settle_many([item, other, item])
+    assert [s[0].spent_micro for s in states] == [30, 35, 35]
+    assert led.state(AGENT) == ScopeState(AGENT, 1000, 35, 0)
+    assert led.usage() == [UsageRow("bot", "m", 2, 2, 2, 35)]
+
+
 def test_finished_ids_are_kept_a_day_then_forgotten(make, kind: str,  # noqa: ANN001
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     led = make()

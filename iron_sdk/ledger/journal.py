@@ -28,6 +28,7 @@ import secrets
 import threading
 import weakref
 from collections.abc import Iterator
+from json.encoder import encode_basestring_ascii as _q
 from pathlib import Path
 
 from iron_sdk.ledger.base import Settlement
@@ -38,11 +39,14 @@ _SUFFIX = ".jsonl"
 
 
 def encode(entry: Entry) -> bytes:
+    """One JSON line. Built by hand (strings JSON-escaped, numbers already checked ints):
+    this runs in the caller's thread on every call, at a third of ``json.dumps``'s cost."""
     if isinstance(entry, str):
-        return json.dumps({"r": entry}).encode() + b"\n"
-    return json.dumps({"s": [entry.reservation_id, list(entry.scopes), entry.cost_micro,
-                             entry.agent_id, entry.model, entry.input_tokens,
-                             entry.output_tokens]}).encode() + b"\n"
+        return f'{{"r": {_q(entry)}}}\n'.encode()
+    scopes = ", ".join(map(_q, entry.scopes))
+    return (f'{{"s": [{_q(entry.reservation_id)}, [{scopes}], {entry.cost_micro:d}, '
+            f'{_q(entry.agent_id)}, {_q(entry.model)}, {entry.input_tokens:d}, '
+            f'{entry.output_tokens:d}]}}\n').encode()
 
 
 def decode(line: bytes) -> Entry | None:

@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii as _q
 from pathlib import Path
 
 from iron_sdk.ledger import periods
@@ -54,22 +55,18 @@ _TABLES = (
         spent_micro INTEGER NOT NULL,
         PRIMARY KEY (scope, pkey)
     ) WITHOUT ROWID""",
-    # One row per live reservation; `charge` is the JSON list of [scope, pkey] of the call.
-    """CREATE TABLE reservations (
-        id TEXT PRIMARY KEY,
-        amount_micro INTEGER NOT NULL,
-        expires REAL NOT NULL,
-        agent_id TEXT NOT NULL,
-        model TEXT NOT NULL,
-        charge TEXT NOT NULL
-    ) WITHOUT ROWID""",
-    "CREATE INDEX reservations_by_expiry ON reservations (expires)",
-    # What each reservation holds on each limited scope, in the period it was made in.
+    # One row per live reservation and limited scope, in the period it was made in; the
+    # call's agent, model and `charge` (JSON [[scope, pkey], ...] of every scope of the
+    # call) are what its lease running out charges. Only calls in flight live here.
     """CREATE TABLE held (
         id TEXT NOT NULL,
         scope TEXT NOT NULL,
         pkey TEXT NOT NULL,
         amount_micro INTEGER NOT NULL,
+        expires REAL NOT NULL,
+        agent_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        charge TEXT NOT NULL,
         PRIMARY KEY (id, scope)
     ) WITHOUT ROWID""",
     # Covering index: the per-period sum of reservations never touches the table.
@@ -110,20 +107,15 @@ _MIGRATE_FROM_0 = (
     "DROP TABLE usage_v0",
 )
 
-_SPENT = ("COALESCE((SELECT spent_micro FROM spend p WHERE p.scope = q.scope "
-          "AND p.pkey = q.pkey), 0)")
-_HELD = ("(SELECT COALESCE(SUM(amount_micro), 0) FROM held h WHERE h.scope = q.scope "
-         "AND h.pkey = q.pkey)")
-_INSERT_RESERVATION = "INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?)"
-_INSERT_HELD = "INSERT INTO held VALUES (?, ?, ?, ?)"
-_TAKE_RESERVATION = "DELETE FROM reservations WHERE id = ? RETURNING amount_micro, charge"
-_DELETE_HELD = "DELETE FROM held WHERE id = ?"
-_EXPIRED = ("DELETE FROM reservations WHERE expires < ? "
-            "RETURNING id, amount_micro, agent_id, model, charge")
-_ANY_EXPIRED = "SELECT 1 FROM reservations WHERE expires < ? LIMIT 1"
+# A finished id is never reserved again (it would be held until its lease ran out).
+_INSERT_HELD = ("INSERT INTO held SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
+                "WHERE NOT EXISTS (SELECT 1 FROM settled WHERE id = ?1)")
+_TAKE_HELD = "DELETE FROM held WHERE id = ? RETURNING charge"
+_EXPIRED = "DELETE FROM held WHERE expires < ? RETURNING id, amount_micro, agent_id, model, charge"
+_ANY_EXPIRED = "SELECT 1 FROM held WHERE expires < ? LIMIT 1"  # the table is small
 _FINISHED = "SELECT unsettled_micro, agent_id, model, charge FROM settled WHERE id = ?"
-_IS_FINISHED = "SELECT 1 FROM settled WHERE id = ?"
-_MARK_SETTLED = "INSERT OR REPLACE INTO settled (id, at) VALUES (?, ?)"
+_NEW_SETTLED = "INSERT OR IGNORE INTO settled (id, at) VALUES (?, ?)"
+_MARK_SETTLED = "UPDATE settled SET at = ?, unsettled_micro = NULL, charge = NULL WHERE id = ?"
 _MARK_UNSETTLED = "INSERT OR REPLACE INTO settled VALUES (?, ?, ?, ?, ?, ?)"
 _FORGET_SETTLED = "DELETE FROM settled WHERE at < ?"
 _CHARGE = ("INSERT INTO spend VALUES (?, ?, ?) ON CONFLICT (scope, pkey) "
@@ -134,7 +126,7 @@ _UPSERT_USAGE = (
     "output_tokens = output_tokens + excluded.output_tokens, "
     "cost_micro = cost_micro + excluded.cost_micro, "
     "unsettled_calls = unsettled_calls + excluded.unsettled_calls")
-_RENEW = "UPDATE reservations SET expires = ? WHERE id = ?"
+_RENEW = "UPDATE held SET expires = ? WHERE id = ?"
 _SET_LIMIT = ("INSERT INTO scopes VALUES (?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
               "limit_micro = excluded.limit_micro, period = excluded.period, tz = excluded.tz")
 _REMOVE_LIMIT = "DELETE FROM scopes WHERE scope = ?"
@@ -151,16 +143,59 @@ _STATE_SQL: dict[tuple[int, bool], str] = {}  # SQL texts per shape, for the sta
 
 
 def _state_sql(n: int, limited_only: bool) -> str:
-    """Per (scope, pkey) pair ?1,?2 .. : scope, limit, period, tz, spent, held, in order."""
+    """Per (scope, pkey) pair in the parameters: scope, limit, period, tz, spent, held, in
+    order (only the scopes with a limit if ``limited_only``). A UNION ALL of primary-key
+    lookups: about half the cost of a join over a VALUES list."""
     sql = _STATE_SQL.get((n, limited_only))
     if sql is None:
-        pairs = ", ".join(f"({i}, ?, ?)" for i in range(n))
-        join = "JOIN" if limited_only else "LEFT JOIN"
-        sql = _STATE_SQL[(n, limited_only)] = (
-            f"WITH q(i, scope, pkey) AS (VALUES {pairs}) "
-            f"SELECT q.scope, s.limit_micro, s.period, s.tz, {_SPENT}, {_HELD} "
-            f"FROM q {join} scopes s ON s.scope = q.scope ORDER BY q.i")
+        parts = []
+        for i in range(n):
+            scope, pkey = f"?{2 * i + 1}", f"?{2 * i + 2}"
+            source = (f"scopes s WHERE s.scope = {scope}" if limited_only
+                      else f"(SELECT 1) LEFT JOIN scopes s ON s.scope = {scope}")
+            parts.append(
+                f"SELECT {scope}, s.limit_micro, s.period, s.tz, "
+                f"COALESCE((SELECT spent_micro FROM spend WHERE scope = {scope} "
+                f"AND pkey = {pkey}), 0), "
+                f"(SELECT COALESCE(SUM(amount_micro), 0) FROM held WHERE scope = {scope} "
+                f"AND pkey = {pkey}) FROM {source}")
+        sql = _STATE_SQL[(n, limited_only)] = " UNION ALL ".join(parts)
     return sql
+
+
+def _charge_sql(n: int) -> str:
+    """Add to the spend of n (scope, pkey, amount) triples; return per pair: scope, pkey,
+    spent (after), limit, period, tz, held (RETURNING order is unspecified)."""
+    sql = _CHARGE_SQL.get(n)
+    if sql is None:
+        cfg = "(SELECT {} FROM scopes s WHERE s.scope = spend.scope)"
+        sql = _CHARGE_SQL[n] = (
+            f"INSERT INTO spend VALUES {', '.join(['(?, ?, ?)'] * n)} "
+            "ON CONFLICT (scope, pkey) DO UPDATE SET "
+            "spent_micro = spent_micro + excluded.spent_micro "
+            f"RETURNING scope, pkey, spent_micro, {cfg.format('limit_micro')}, "
+            f"{cfg.format('period')}, {cfg.format('tz')}, (SELECT COALESCE(SUM(amount_micro), "
+            "0) FROM held h WHERE h.scope = spend.scope AND h.pkey = spend.pkey)")
+    return sql
+
+
+def _new_settled_sql(n: int) -> str:
+    """Record n (id, at) pairs as finished; RETURNING names the ids that were not yet."""
+    return ("INSERT OR IGNORE INTO settled (id, at) VALUES "
+            f"{', '.join(['(?, ?)'] * n)} RETURNING id")
+
+
+def _take_held_sql(n: int) -> str:
+    """Drop the reservations of n ids; RETURNING gives (id, charge) per held scope."""
+    return f"DELETE FROM held WHERE id IN ({', '.join(['?'] * n)}) RETURNING id, charge"
+
+
+_CHARGE_SQL: dict[int, str] = {}
+_CHUNK = 256  # items per statement: far below SQLite's limit on parameters
+
+
+class _StaleConfig(Exception):  # noqa: N818 - internal signal, never escapes
+    """A scope's period changed since this process last looked (the batch is redone)."""
 
 
 # Connections must not cross fork(): children of a forking parent start with fresh ones.
@@ -314,32 +349,37 @@ class SQLiteLedger(Ledger):
     def _stale(self, rows: list[_Row]) -> bool:
         """Learn the configs in ``rows``; True if a pkey was computed from an outdated one."""
         stale = False
+        configs, total = self._configs, periods.TOTAL
         for scope, limit, period, tz, _, _ in rows:
-            cfg = periods.TOTAL if limit is None else (str(period), str(tz))
-            if self._configs.get(scope, periods.TOTAL) != cfg:
+            cfg = total if limit is None else (period, tz)
+            if configs.get(scope, total) != cfg:
                 stale = True
-                if cfg == periods.TOTAL:
-                    self._configs.pop(scope, None)
+                if cfg == total:
+                    configs.pop(scope, None)
                 else:
-                    self._configs[scope] = cfg
+                    configs[scope] = cfg  # type: ignore[assignment]
         return stale
 
     def _check(self, conn: sqlite3.Connection, uniq: tuple[str, ...], now: float,
                amount: int) -> tuple[list[str], list[_Row]]:
         """Limited scopes' rows for the current periods; raise if the amount does not fit."""
         sql = _state_sql(len(uniq), limited_only=True)
+        configs = self._configs
         while True:
             pairs = self._pairs(uniq, now)
             rows = conn.execute(sql, pairs).fetchall()
-            known = {row[0] for row in rows}
-            stale = any(s in self._configs and s not in known for s in uniq)
-            for s in uniq:
-                if s not in known:
-                    self._configs.pop(s, None)
-            if not (self._stale(rows) or stale):
+            stale = self._stale(rows)
+            if configs:  # a limit removed since: its scope is back to one total period
+                limited = {row[0] for row in rows}
+                for scope in [s for s in uniq if s in configs and s not in limited]:
+                    del configs[scope]
+                    stale = True
+            if not stale:
                 break
-        for scope, limit, _, _, spent, held in rows:
-            if spent + held + amount > limit:
+        over = {row[0]: row for row in rows if row[4] + row[5] + amount > row[1]}
+        for scope in uniq:  # the first that does not fit, in the caller's order
+            if scope in over:
+                _, limit, _, _, spent, held = over[scope]
                 raise exceeded(scope, limit, spent + held, amount)
         return pairs, rows
 
@@ -377,14 +417,14 @@ class SQLiteLedger(Ledger):
             pairs, rows = self._check(conn, uniq, now, amount_micro)  # limits may have changed
             if not rows:
                 return False
-            if conn.execute(_IS_FINISHED, (reservation_id,)).fetchone():
-                raise LedgerError(f"reservation id {reservation_id!r} is already in use")
-            charge = json.dumps(list(zip(pairs[::2], pairs[1::2], strict=True)))
-            conn.execute(_INSERT_RESERVATION, (reservation_id, amount_micro, now + ttl_s,
-                                               agent_id, model, charge))
             by_scope = dict(zip(pairs[::2], pairs[1::2], strict=True))
-            conn.executemany(_INSERT_HELD, [(reservation_id, row[0], by_scope[row[0]],
-                                             amount_micro) for row in rows])
+            charge = "[" + ", ".join(f"[{_q(s)}, {_q(k)}]" for s, k in by_scope.items()) + "]"
+            expires = now + ttl_s
+            inserted = conn.executemany(_INSERT_HELD, [
+                (reservation_id, row[0], by_scope[row[0]], amount_micro, expires, agent_id,
+                 model, charge) for row in rows]).rowcount
+            if inserted != len(rows):
+                raise LedgerError(f"reservation id {reservation_id!r} is already in use")
             return True
 
         try:
@@ -401,7 +441,9 @@ class SQLiteLedger(Ledger):
                                             model, input_tokens, output_tokens)])[0]
 
     def settle_many(self, items: Sequence[Settlement]) -> list[list[ScopeState]]:
-        """Settle a batch in one transaction (all or nothing): one commit for all."""
+        """Settle a batch in one transaction (all or nothing). The batch costs a handful of
+        statements whatever its size: ids, reservations, spend and usage are each written
+        with one statement per chunk of :data:`_CHUNK` items."""
         shapes = []
         for item in items:
             item.check()
@@ -411,39 +453,94 @@ class SQLiteLedger(Ledger):
             self._settles += len(items)
             if self._settles % _FORGET_EVERY < len(items):
                 conn.execute(_FORGET_SETTLED, (now - SETTLED_RETENTION_S,))
-            return [self._settle_one(conn, now, item, uniq)
-                    for item, uniq in zip(items, shapes, strict=True)]
+            out: list[list[ScopeState]] = []
+            for k in range(0, len(items), _CHUNK):
+                out += self._settle_chunk(conn, now, items[k:k + _CHUNK],
+                                          shapes[k:k + _CHUNK])
+            return out
 
-        return self._transaction(work)  # type: ignore[no-any-return]
+        while True:
+            try:
+                return self._transaction(work)  # type: ignore[no-any-return]
+            except _StaleConfig:  # a period changed since we last looked: learnt, again
+                continue
 
-    def _settle_one(self, conn: sqlite3.Connection, now: float, item: Settlement,
-                    uniq: tuple[str, ...]) -> list[ScopeState]:
-        rid, cost = item.reservation_id, item.cost_micro
-        done = conn.execute(_FINISHED, (rid,)).fetchone()
-        if done is not None:
-            unsettled, agent, model, charge = done
+    def _settle_chunk(self, conn: sqlite3.Connection, now: float, items: Sequence[Settlement],
+                      shapes: Sequence[tuple[str, ...]]) -> list[list[ScopeState]]:
+        ids = [item.reservation_id for item in items]
+        fresh = {r[0] for r in conn.execute(_new_settled_sql(len(ids)),
+                                            [x for rid in ids for x in (rid, now)])}
+        held = dict(conn.execute(_take_held_sql(len(fresh)), list(fresh)).fetchall()
+                    ) if fresh else {}
+        plan: list[tuple[int, list[tuple[str, str]]]] = []  # item index, its charged keys
+        totals: dict[tuple[str, str], int] = {}
+        guessed: set[str] = set()  # scopes whose period came from the configs last seen
+        usage: dict[tuple[str, str], list[int]] = {}
+        finished: dict[int, list[str]] = {}  # item index -> its (scope, pkey) pairs, flat
+        for n, (item, uniq) in enumerate(zip(items, shapes, strict=True)):
+            rid = item.reservation_id
+            if rid not in fresh:  # finished before (or earlier in this batch)
+                finished[n] = self._settle_again(conn, now, item, uniq)
+                continue
+            fresh.discard(rid)
+            charge = held.get(rid)
             keys = dict(json.loads(charge)) if charge else {}
-            if unsettled is not None:  # its lease ran out: replace that charge by the cost
-                conn.executemany(_CHARGE, [(s, k, cost - unsettled) for s, k in keys.items()])
-                conn.execute(_UPSERT_USAGE, (agent, model, 0, 0, 0, -unsettled, -1))
-                self._count(conn, item)
-                conn.execute(_MARK_SETTLED, (rid, now))
-        else:
-            taken = conn.execute(_TAKE_RESERVATION, (rid,)).fetchone()
-            keys: dict[str, str] = {}
-            if taken is not None:
-                conn.execute(_DELETE_HELD, (rid,))
-                keys = dict(json.loads(taken[1]))
-            if any(s not in keys for s in uniq):
-                current = self._current_keys(conn, uniq, now)
-                keys.update((s, current.get(s, "")) for s in uniq if s not in keys)
-            conn.executemany(_CHARGE, [(s, keys[s], cost) for s in uniq])
-            self._count(conn, item)
-            conn.execute(_MARK_SETTLED, (rid, now))
+            pairs = []
+            for scope in uniq:
+                key = keys.get(scope)
+                if key is None:
+                    key = self._pairs((scope,), now)[1]
+                    guessed.add(scope)
+                pairs.append((scope, key))
+                totals[(scope, key)] = totals.get((scope, key), 0) + item.cost_micro
+            plan.append((n, pairs))
+            row = usage.setdefault((item.agent_id, item.model), [0, 0, 0, 0])
+            row[0] += 1
+            row[1] += item.input_tokens
+            row[2] += item.output_tokens
+            row[3] += item.cost_micro
+        after: dict[tuple[str, str], tuple[int | None, int, int]] = {}  # limit, spent, held
+        if totals:
+            flat = [x for (scope, key), cost in totals.items() for x in (scope, key, cost)]
+            for scope, key, spent, limit, period, tz, in_flight in conn.execute(
+                    _charge_sql(len(totals)), flat).fetchall():
+                if scope in guessed and self._stale([(scope, limit, period, tz, 0, 0)]):
+                    raise _StaleConfig
+                after[(scope, key)] = (limit, spent, in_flight)
+            conn.executemany(_UPSERT_USAGE, [(agent, model, *vals, 0)
+                                             for (agent, model), vals in usage.items()])
+        # Each item's states: the spend right after it, in the batch's order.
+        running = {k: after[k][1] - total for k, total in totals.items()}
+        out = {n: self._states(conn, flat) for n, flat in finished.items()}
+        for n, pairs in plan:
+            states = []
+            for scope, key in pairs:
+                running[(scope, key)] += items[n].cost_micro
+                limit, _, in_flight = after[(scope, key)]
+                period = periods.of_key(key)
+                states.append(ScopeState(scope, limit, running[(scope, key)], in_flight,
+                                         period.name, period.start, period.end))
+            out[n] = states
+        return [out[n] for n in range(len(items))]
+
+    def _settle_again(self, conn: sqlite3.Connection, now: float, item: Settlement,
+                      uniq: tuple[str, ...]) -> list[str]:
+        """An id already finished: nothing to charge, unless its lease ran out and it stands
+        charged at its reserved amount; then that charge becomes the true cost, once.
+        Returns the (scope, pkey) pairs, flat, whose states to report."""
+        rid, cost = item.reservation_id, item.cost_micro
+        unsettled, agent, model, charge = conn.execute(_FINISHED, (rid,)).fetchone()
+        keys = dict(json.loads(charge)) if charge else {}
+        if unsettled is not None:
+            conn.executemany(_CHARGE, [(s, k, cost - unsettled) for s, k in keys.items()])
+            conn.execute(_UPSERT_USAGE, (agent, model, 0, 0, 0, -unsettled, -1))
+            conn.execute(_UPSERT_USAGE, (item.agent_id, item.model, 1, item.input_tokens,
+                                         item.output_tokens, cost, 0))
+            conn.execute(_MARK_SETTLED, (now, rid))
         flat: list[str] = []
         for s in uniq:
             flat += (s, keys[s] if s in keys else self._pairs((s,), now)[1])
-        return self._states(conn, flat)
+        return flat
 
     def _current_keys(self, conn: sqlite3.Connection, uniq: tuple[str, ...],
                       now: float) -> dict[str, str]:
@@ -451,16 +548,11 @@ class SQLiteLedger(Ledger):
         rows = conn.execute(_CONFIGS.format(marks=marks), uniq).fetchall()
         return {scope: periods.current(period, tz, now).key for scope, period, tz in rows}
 
-    @staticmethod
-    def _count(conn: sqlite3.Connection, item: Settlement) -> None:
-        conn.execute(_UPSERT_USAGE, (item.agent_id, item.model, 1, item.input_tokens,
-                                     item.output_tokens, item.cost_micro, 0))
-
     def _expire(self, conn: sqlite3.Connection, now: float) -> int:
         """Charge every reservation whose lease ran out at its reserved amount (in a txn)."""
-        expired = conn.execute(_EXPIRED, (now,)).fetchall()
-        for rid, amount, agent, model, charge in expired:
-            conn.execute(_DELETE_HELD, (rid,))
+        expired = {row[0]: row for row in conn.execute(_EXPIRED, (now,)).fetchall()}
+        for rid, amount, agent, model, charge in expired.values():
+            conn.execute(_TAKE_HELD, (rid,)).fetchall()  # scopes renewed apart, if any
             conn.executemany(_CHARGE, [(s, k, amount) for s, k in json.loads(charge)])
             conn.execute(_UPSERT_USAGE, (agent, model, 0, 0, 0, amount, 1))
             conn.execute(_MARK_UNSETTLED, (rid, now, amount, agent, model, charge))
@@ -480,18 +572,16 @@ class SQLiteLedger(Ledger):
 
     def release(self, reservation_id: str) -> None:
         def work(conn: sqlite3.Connection, now: float) -> None:
-            done = conn.execute(_FINISHED, (reservation_id,)).fetchone()
-            if done is not None:
-                unsettled, agent, model, charge = done
+            if conn.execute(_NEW_SETTLED, (reservation_id, now)).rowcount == 0:
+                unsettled, agent, model, charge = conn.execute(
+                    _FINISHED, (reservation_id,)).fetchone()
                 if unsettled is not None:  # charged when its lease ran out; it cost nothing
                     conn.executemany(_CHARGE, [(s, k, -unsettled)
                                                for s, k in json.loads(charge)])
                     conn.execute(_UPSERT_USAGE, (agent, model, 0, 0, 0, -unsettled, -1))
-                    conn.execute(_MARK_SETTLED, (reservation_id, now))
+                    conn.execute(_MARK_SETTLED, (now, reservation_id))
                 return
-            if conn.execute(_TAKE_RESERVATION, (reservation_id,)).fetchone() is not None:
-                conn.execute(_DELETE_HELD, (reservation_id,))
-            conn.execute(_MARK_SETTLED, (reservation_id, now))
+            conn.execute(_TAKE_HELD, (reservation_id,)).fetchall()
 
         self._transaction(work)
 
@@ -502,8 +592,7 @@ class SQLiteLedger(Ledger):
             return 0
 
         def work(conn: sqlite3.Connection, now: float) -> int:
-            cur = conn.executemany(_RENEW, [(now + ttl_s, rid) for rid in ids])
-            return cur.rowcount
+            return sum(conn.execute(_RENEW, (now + ttl_s, rid)).rowcount > 0 for rid in ids)
 
         return self._transaction(work)  # type: ignore[no-any-return]
 
