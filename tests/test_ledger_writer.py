@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -246,6 +247,24 @@ def test_a_live_process_journal_is_not_replayed(make, tmp_path: Path) -> None:  
     with open_ledger(make.url) as other:
         assert other.state(AGENT).spent_micro == 9
     assert list(directory.glob("*.jsonl")) == []
+
+
+def test_openers_racing_replay_a_dead_journal_once(make) -> None:  # noqa: ANN001
+    led = make()
+    journal = Journal(led.home / "journal", led.identity)
+    for i in range(20):
+        journal.append(Settlement(f"d{i}", (AGENT,), 3, "bot", "m", 1, 1))
+    journal.close()  # as if its process died before committing
+    counts: list[int] = []
+    openers = [make() for _ in range(4)]
+    threads = [threading.Thread(target=lambda o=o: counts.append(replay_journals(o)))
+               for o in openers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(counts) == [0, 0, 0, 20]
+    assert led.state(AGENT).spent_micro == 60
 
 
 def test_a_journal_of_another_ledger_is_left_alone(tmp_path: Path) -> None:
