@@ -152,3 +152,40 @@ def test_runtime_holds_the_lease_of_each_call_in_flight(tmp_path: Path, clock: C
         assert [(r.calls, r.unsettled_calls) for r in rt.ledger.usage()] == [(1, 0)]
     finally:
         rt.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_the_keeper_thread_renews_on_its_own(kind: str, tmp_path: Path) -> None:
+    led: Ledger = MemoryLedger() if kind == "memory" else SQLiteLedger(tmp_path / "l.db")
+    led.set_limit(AGENT, 100)
+    keeper = LeaseKeeper(led)
+    try:
+        led.reserve("r1", [AGENT], 80, 0.15)
+        keeper.hold("r1", 0.15)  # renewed every 50 ms by the thread
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            assert led.state(AGENT) == ScopeState(AGENT, 100, 0, 80)
+            time.sleep(0.02)
+    finally:
+        keeper.close()
+        led.close()
+
+
+def test_a_sleeping_keeper_wakes_for_a_shorter_lease(tmp_path: Path) -> None:
+    led = MemoryLedger()
+    led.set_limit(AGENT, 100)
+    keeper = LeaseKeeper(led)
+    try:
+        keeper.hold("warmup", 30)
+        deadline = time.monotonic() + 5
+        while keeper._basis != 30 and time.monotonic() < deadline:  # asleep for 10 s now
+            time.sleep(0.01)
+        keeper.drop("warmup")
+        led.reserve("r1", [AGENT], 80, 0.15)
+        keeper.hold("r1", 0.15)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            assert led.state(AGENT).reserved_micro == 80
+            time.sleep(0.02)
+    finally:
+        keeper.close()

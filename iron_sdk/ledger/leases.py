@@ -30,22 +30,29 @@ class LeaseKeeper:
         self._held: dict[str, float] = {}  # id -> lease seconds
         self._cond = threading.Condition()
         self._closed = False
+        self._basis: float | None = None  # the shortest lease the thread's sleep allows for
         self._thread: threading.Thread | None = None
         _LIVE.add(self)
 
     def hold(self, reservation_id: str, ttl_s: float) -> None:
-        with self._cond:
-            self._held[reservation_id] = ttl_s
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, daemon=True, name=self.name)
-                self._thread.start()
+        self._held[reservation_id] = ttl_s  # atomic under the GIL; no lock on the hot path
+        basis = self._basis
+        if basis is None or ttl_s < basis:  # the thread sleeps too long for this lease
+            with self._cond:
+                self._basis = ttl_s
+                self._cond.notify_all()
+        if self._thread is None:
+            with self._cond:
+                if self._thread is None and not self._closed:
+                    self._thread = threading.Thread(target=self._run, daemon=True,
+                                                    name=self.name)
+                    self._thread.start()
 
     def drop(self, reservation_id: str) -> None:
         self._held.pop(reservation_id, None)  # atomic under the GIL; no lock on the hot path
 
     def held(self) -> dict[str, float]:
-        with self._cond:
-            return dict(self._held)
+        return self._held.copy()  # atomic under the GIL
 
     def renew_now(self) -> int:
         """Renew every held lease for its full length now; return how many were renewed."""
@@ -65,8 +72,10 @@ class LeaseKeeper:
             with self._cond:
                 if self._closed:
                     return
-                interval = min(self._held.values()) / 3 if self._held else None
-                self._cond.wait(interval if interval is not None else 5.0)
+                ttls = self.held().values()
+                self._basis = min(ttls) if ttls else None
+                interval = self._basis / 3 if self._basis is not None else None
+                self._cond.wait(interval if interval is not None else 60.0)
                 if self._closed:
                     return
             if interval is not None:
@@ -79,7 +88,7 @@ class LeaseKeeper:
 
     def _forget(self) -> None:
         self._cond = threading.Condition()
-        self._held, self._thread = {}, None
+        self._held, self._thread, self._basis = {}, None, None
 
 
 def _after_fork_in_child() -> None:

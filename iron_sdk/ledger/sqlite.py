@@ -186,8 +186,8 @@ def _new_settled_sql(n: int) -> str:
 
 
 def _take_held_sql(n: int) -> str:
-    """Drop the reservations of n ids; RETURNING gives (id, charge) per held scope."""
-    return f"DELETE FROM held WHERE id IN ({', '.join(['?'] * n)}) RETURNING id, charge"
+    """Drop the reservations of n ids; RETURNING gives (id, scope, pkey) per held scope."""
+    return f"DELETE FROM held WHERE id IN ({', '.join(['?'] * n)}) RETURNING id, scope, pkey"
 
 
 _CHARGE_SQL: dict[int, str] = {}
@@ -470,8 +470,10 @@ class SQLiteLedger(Ledger):
         ids = [item.reservation_id for item in items]
         fresh = {r[0] for r in conn.execute(_new_settled_sql(len(ids)),
                                             [x for rid in ids for x in (rid, now)])}
-        held = dict(conn.execute(_take_held_sql(len(fresh)), list(fresh)).fetchall()
-                    ) if fresh else {}
+        held: dict[str, dict[str, str]] = {}  # id -> scope -> the period it was reserved in
+        if fresh:
+            for rid, scope, key in conn.execute(_take_held_sql(len(fresh)), list(fresh)):
+                held.setdefault(rid, {})[scope] = key
         plan: list[tuple[int, list[tuple[str, str]]]] = []  # item index, its charged keys
         totals: dict[tuple[str, str], int] = {}
         guessed: set[str] = set()  # scopes whose period came from the configs last seen
@@ -483,8 +485,7 @@ class SQLiteLedger(Ledger):
                 finished[n] = self._settle_again(conn, now, item, uniq)
                 continue
             fresh.discard(rid)
-            charge = held.get(rid)
-            keys = dict(json.loads(charge)) if charge else {}
+            keys = held.get(rid, {})  # scopes without a limit have one period: the current
             pairs = []
             for scope in uniq:
                 key = keys.get(scope)
