@@ -39,7 +39,7 @@ class LeaseKeeper:
         basis = self._basis
         if basis is None or ttl_s < basis:  # the thread sleeps too long for this lease
             with self._cond:
-                self._basis = ttl_s
+                self._basis = ttl_s if basis is None else min(basis, ttl_s)
                 self._cond.notify_all()
         if self._thread is None:
             with self._cond:
@@ -73,12 +73,13 @@ class LeaseKeeper:
                 if self._closed:
                     return
                 ttls = self.held().values()
-                self._basis = min(ttls) if ttls else None
-                interval = self._basis / 3 if self._basis is not None else None
-                self._cond.wait(interval if interval is not None else 60.0)
+                # The shortest lease seen lately, kept while nothing is held so that the
+                # next call's hold() need not wake this thread.
+                self._basis = min(ttls) if ttls else self._basis
+                self._cond.wait(self._basis / 3 if self._basis is not None else 60.0)
                 if self._closed:
                     return
-            if interval is not None:
+            if self._held:
                 self.renew_now()
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii as _q
 from pathlib import Path
 
@@ -211,6 +211,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _Row = tuple[str, int | None, str | None, str | None, int, int]
+_States = list[list[ScopeState]]
 
 
 class SQLiteLedger(Ledger):
@@ -449,24 +450,25 @@ class SQLiteLedger(Ledger):
             item.check()
             shapes.append(unique_scopes(item.scopes))
 
-        def work(conn: sqlite3.Connection, now: float) -> list[list[ScopeState]]:
+        def work(conn: sqlite3.Connection, now: float) -> list[Callable[[], _States]]:
             self._settles += len(items)
             if self._settles % _FORGET_EVERY < len(items):
                 conn.execute(_FORGET_SETTLED, (now - SETTLED_RETENTION_S,))
-            out: list[list[ScopeState]] = []
-            for k in range(0, len(items), _CHUNK):
-                out += self._settle_chunk(conn, now, items[k:k + _CHUNK],
-                                          shapes[k:k + _CHUNK])
-            return out
+            return [self._settle_chunk(conn, now, items[k:k + _CHUNK], shapes[k:k + _CHUNK])
+                    for k in range(0, len(items), _CHUNK)]
 
         while True:
             try:
-                return self._transaction(work)  # type: ignore[no-any-return]
+                builders: list[Callable[[], _States]] = self._transaction(work)
+                break
             except _StaleConfig:  # a period changed since we last looked: learnt, again
                 continue
+        # The states are built after COMMIT: the write lock is held for the SQL alone.
+        return [states for build in builders for states in build()]
 
     def _settle_chunk(self, conn: sqlite3.Connection, now: float, items: Sequence[Settlement],
-                      shapes: Sequence[tuple[str, ...]]) -> list[list[ScopeState]]:
+                      shapes: Sequence[tuple[str, ...]]) -> Callable[[], _States]:
+        """Write a chunk; return what builds its states (called after the commit)."""
         ids = [item.reservation_id for item in items]
         fresh = {r[0] for r in conn.execute(_new_settled_sql(len(ids)),
                                             [x for rid in ids for x in (rid, now)])}
@@ -510,19 +512,24 @@ class SQLiteLedger(Ledger):
                 after[(scope, key)] = (limit, spent, in_flight)
             conn.executemany(_UPSERT_USAGE, [(agent, model, *vals, 0)
                                              for (agent, model), vals in usage.items()])
-        # Each item's states: the spend right after it, in the batch's order.
-        running = {k: after[k][1] - total for k, total in totals.items()}
-        out = {n: self._states(conn, flat) for n, flat in finished.items()}
-        for n, pairs in plan:
-            states = []
-            for scope, key in pairs:
-                running[(scope, key)] += items[n].cost_micro
-                limit, _, in_flight = after[(scope, key)]
-                period = periods.of_key(key)
-                states.append(ScopeState(scope, limit, running[(scope, key)], in_flight,
-                                         period.name, period.start, period.end))
-            out[n] = states
-        return [out[n] for n in range(len(items))]
+        again = {n: self._states(conn, flat) for n, flat in finished.items()}
+
+        def build() -> _States:
+            """Each item's states: the spend right after it, in the batch's order."""
+            running = {k: after[k][1] - total for k, total in totals.items()}
+            out = again
+            for n, pairs in plan:
+                states = []
+                for scope, key in pairs:
+                    running[(scope, key)] += items[n].cost_micro
+                    limit, _, in_flight = after[(scope, key)]
+                    period = periods.of_key(key)
+                    states.append(ScopeState(scope, limit, running[(scope, key)], in_flight,
+                                             period.name, period.start, period.end))
+                out[n] = states
+            return [out[n] for n in range(len(items))]
+
+        return build
 
     def _settle_again(self, conn: sqlite3.Connection, now: float, item: Settlement,
                       uniq: tuple[str, ...]) -> list[str]:
