@@ -229,6 +229,7 @@ class SQLiteLedger(Ledger):
         self._settles = 0
         # scope -> (period, tz) last seen; checked against the row on every use.
         self._configs: dict[str, tuple[str, str]] = {}
+        self._limited: set[tuple[str, ...]] = set()  # scope lists last seen with a limit
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):  # 0600 from birth, WAL inherits it
@@ -402,14 +403,19 @@ class SQLiteLedger(Ledger):
         uniq = unique_scopes(scopes)
         if not uniq:
             return False
-        try:
-            # Unlocked pre-check on the latest committed snapshot: no limit -> done without
-            # any write lock; over budget -> refuse without one (the snapshot was real).
-            _, rows = self._check(self._conn(), uniq, time.time(), amount_micro)
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
-        if not rows:
-            return False
+        if uniq not in self._limited:
+            try:
+                # Unlocked pre-check on the latest committed snapshot: no limit -> done
+                # without any write lock (the common case); once these scopes were seen
+                # limited, the check under the lock below is the only one.
+                _, rows = self._check(self._conn(), uniq, time.time(), amount_micro)
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            if not rows:
+                return False
+            if len(self._limited) >= 1024:
+                self._limited.clear()
+            self._limited.add(uniq)
 
         def work(conn: sqlite3.Connection, now: float) -> bool:
             self._reserves += 1
@@ -417,6 +423,7 @@ class SQLiteLedger(Ledger):
                 self._expire(conn, now)
             pairs, rows = self._check(conn, uniq, now, amount_micro)  # limits may have changed
             if not rows:
+                self._limited.discard(uniq)
                 return False
             by_scope = dict(zip(pairs[::2], pairs[1::2], strict=True))
             charge = "[" + ", ".join(f"[{_q(s)}, {_q(k)}]" for s, k in by_scope.items()) + "]"
