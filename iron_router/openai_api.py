@@ -244,13 +244,21 @@ def _plain(st: RouterState, ex: Exchange, meter: Meter, response: httpx.Response
         ex.close(exc)
         return error_response(exc)
     ex.close(None)
-    return Response(content, status_code=response.status_code, media_type=media_type)
+    return Response(content, status_code=response.status_code, media_type=media_type,
+                    headers=_capped(ex.call))
 
 
 def _sse(ex: Exchange, meter: Meter, chunks: AsyncIterator[bytes],
          close: Callable[[], Awaitable[None]] | None) -> StreamingResponse:
     return StreamingResponse(_settled(ex, meter, chunks, close), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache"})
+                             headers={"cache-control": "no-cache", **_capped(ex.call)})
+
+
+def _capped(call: LlmCall) -> dict[str, str]:
+    """Says so when the budget set the output limit of a call that had none."""
+    if call.output_capped is None:
+        return {}
+    return {"x-iron-output-capped": str(call.output_capped)}
 
 
 async def _settled(ex: Exchange, meter: Meter, chunks: AsyncIterator[bytes],

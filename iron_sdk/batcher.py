@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import contextvars
 import logging
+import os
 import queue
 import threading
 import time
@@ -68,6 +69,20 @@ class Batcher(Generic[T]):
                 with self._idle:
                     self._pending -= len(batch)
                     self._idle.notify_all()
+
+
+def _after_fork_in_child() -> None:
+    # The writer thread does not exist in a forked child; what the parent queued is the
+    # parent's to write. The child starts with empty queues and starts its own thread.
+    for batcher in list(_live):
+        batcher._idle = threading.Condition()
+        batcher._queue = queue.SimpleQueue()
+        batcher._pending = 0
+        batcher._thread = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

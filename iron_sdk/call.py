@@ -66,6 +66,7 @@ class LlmCall:
     # Door 2: usage and failures are reported by the agent's own process, so its failure
     # reports count against that agent's view of the model only.
     remote: bool = False
+    output_capped: int | None = None  # the output limit the budget wrote into the request
     call_id: str = field(default_factory=new_id)
     started: float = field(default_factory=time.perf_counter)
     input_tokens_est: int = 0

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     bset.add_argument("name")
     bset.add_argument("--usd", type=float, required=True,
                       help="limit in USD (0 or negative: remove)")
+    bset.add_argument("--period", choices=["total", "daily", "weekly", "monthly"],
+                      default="total", help="the limit applies per calendar period")
+    bset.add_argument("--tz", default="UTC", help="time zone of the periods, e.g. Europe/Paris")
     bshow = budget.add_parser("show", help="show budgets")
     bshow.add_argument("name", nargs="*")
     bshow.add_argument("--json", action="store_true")
@@ -154,9 +157,14 @@ def _run(args: argparse.Namespace) -> int:
             return _usage(ledger, as_json=args.json)
         if args.action == "set":
             limit = round(args.usd * MICRO) if args.usd > 0 else None
-            ledger.set_limit(_scope(args.name), limit)
+            try:
+                ledger.set_limit(_scope(args.name), limit, period=args.period, tz=args.tz)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            per = "" if args.period == "total" else f" {args.period} ({args.tz})"
             print(f"{_scope(args.name)}: limit "
-                  f"{'removed' if limit is None else f'${args.usd:.6f}'}")
+                  f"{'removed' if limit is None else f'${args.usd:.6f}{per}'}")
         elif args.action == "reset":
             ledger.reset(_scope(args.name))
             print(f"{_scope(args.name)}: spent reset to $0")
@@ -206,22 +214,34 @@ def _budgets(ledger: object, scopes: list[str], *, as_json: bool) -> int:
     if as_json:
         print(json.dumps([{"scope": s.scope, "limit_usd": None if s.limit_micro is None
                            else usd(s.limit_micro), "spent_usd": usd(s.spent_micro),
-                           "reserved_usd": usd(s.reserved_micro)} for s in states], indent=2))
+                           "reserved_usd": usd(s.reserved_micro), "period": s.period,
+                           "period_start": _iso(s.period_start), "resets_at": _iso(s.resets_at)}
+                          for s in states], indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Budgets")
-    for col in ("scope", "limit (USD)", "spent (USD)", "reserved (USD)", "left (USD)"):
-        table.add_column(col, justify="left" if col == "scope" else "right")
+    for col in ("scope", "limit (USD)", "spent (USD)", "reserved (USD)", "left (USD)",
+                "period", "resets at"):
+        table.add_column(col, justify="left" if col in ("scope", "period") else "right")
     for s in states:
         limit = "—" if s.limit_micro is None else f"{usd(s.limit_micro):.6f}"
         left = ("—" if s.limit_micro is None
                 else f"{usd(max(s.limit_micro - s.spent_micro - s.reserved_micro, 0)):.6f}")
         table.add_row(s.scope, limit, f"{usd(s.spent_micro):.6f}",
-                      f"{usd(s.reserved_micro):.6f}", left)
+                      f"{usd(s.reserved_micro):.6f}", left, s.period, _iso(s.resets_at) or "—")
     Console().print(table)
     return 0
+
+
+def _iso(epoch: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 in UTC (None stays None)."""
+    if epoch is None:
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 # -- operator policy: policy set/show/clear, agent disable/enable, token revoke/list ------

@@ -35,10 +35,15 @@ class BudgetConfig(_Config):
     scopes: tuple[str, ...] = ()
     # Output tokens reserved when the call sets no max_tokens (default: model's maximum).
     default_max_tokens: int | None = Field(default=None, gt=0)
-    lease_s: PositiveFloat = 900.0
+    # Lease of each reservation: renewed by a live process while its call runs; when its
+    # process dies it runs out and the reservation is charged (marked unsettled).
+    lease_s: float = Field(default=30.0, gt=0, le=7 * 86400, allow_inf_nan=False)
     # What to do when the ledger itself fails (disk full, locked): proceed or refuse.
     on_ledger_error: Literal["open", "closed"] = "open"
     thresholds: tuple[float, ...] = (0.5, 0.8, 1.0)
+    # A call without an output limit that the budget cannot cover at the model's maximum:
+    # "fit" sends it with the limit the budget affords, "model_max" refuses it.
+    reserve: Literal["fit", "model_max"] = "fit"
 
     def tightened(self, asked: BudgetConfig | None) -> BudgetConfig:
         """This (the operator's) config as the agent may narrow it: a lower session cap,
@@ -61,6 +66,11 @@ class BudgetConfig(_Config):
             update["on_ledger_error"] = "closed"
         if "thresholds" in given:
             update["thresholds"] = asked.thresholds
+        if "reserve" in given and asked.reserve != self.reserve:
+            if asked.reserve == "fit":
+                raise PolicyViolationError("budget.reserve", "the operator refuses calls "
+                                           "the budget cannot cover at the model's maximum")
+            update["reserve"] = "model_max"
         if ("default_max_tokens" in given and asked.default_max_tokens is not None
                 and self.default_max_tokens is not None
                 and asked.default_max_tokens > self.default_max_tokens):

@@ -184,7 +184,8 @@ class Runtime:
         call.outcome = "blocked"  # iron_llm_error releases what an earlier plugin reserved
         call_each(self.pm, "iron_llm_error", self._plugin_failed, call=call, error=exc)
         self.emit(call_event("call_blocked", call,
-                             reason=getattr(exc, "code", type(exc).__name__)))
+                             reason=getattr(exc, "code", type(exc).__name__),
+                             scope=getattr(exc, "scope", None)))
 
     def _plugin_failed(self, plugin: str, hook: str, exc: BaseException,
                        call: LlmCall | None) -> None:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 
-from iron_sdk.ledger.base import Ledger, LedgerError, ScopeState, Settlement, UsageRow
+from iron_sdk.ledger.base import (
+    InvalidAmountError,
+    Ledger,
+    LedgerError,
+    ScopeState,
+    Settlement,
+    UsageRow,
+)
 from iron_sdk.ledger.memory import MemoryLedger
 from iron_sdk.ledger.sqlite import SQLiteLedger
 
-__all__ = ["Ledger", "LedgerError", "MemoryLedger", "SQLiteLedger", "ScopeState", "Settlement",
-           "UsageRow", "open_ledger"]
+__all__ = ["InvalidAmountError", "Ledger", "LedgerError", "MemoryLedger", "SQLiteLedger",
+           "ScopeState", "Settlement", "UsageRow", "open_ledger"]
 
 _FORMS = ("'memory', 'sqlite:///abs/path.db', a plain filesystem path, "
           "or 'redis://host:port/db'")
@@ -17,7 +24,20 @@ _FORMS = ("'memory', 'sqlite:///abs/path.db', a plain filesystem path, "
 
 def open_ledger(url: str) -> Ledger:
     """Open the ledger ``url`` names: ``"memory"``, ``"sqlite:///abs/path.db"``, a path, or
-    ``"redis://host:port/db"``."""
+    ``"redis://host:port/db"``; first replay what dead processes acknowledged but never
+    committed to it (see :mod:`iron_sdk.ledger.journal`)."""
+    ledger = _open(url)
+    from iron_sdk.ledger.writer import replay_journals
+
+    try:
+        replay_journals(ledger)
+    except BaseException:
+        ledger.close()
+        raise
+    return ledger
+
+
+def _open(url: str) -> Ledger:
     if url == "memory":
         return MemoryLedger()
     if url.startswith("sqlite://"):

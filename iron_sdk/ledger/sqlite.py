@@ -3,107 +3,199 @@
 Concurrency model: WAL journal (readers never block the writer), one connection per thread,
 autocommit mode, and ``BEGIN IMMEDIATE`` around every multi-statement write so the reserve
 check-and-insert is serialised across processes by SQLite's own write lock. Reservations
-are leases (``expires`` is wall-clock time, comparable across processes): expired ones are
-ignored in every sum and purged now and then, so a crashed process cannot hold budget.
+are leases (``expires`` is wall-clock time, comparable across processes); see
+:mod:`iron_sdk.ledger.base` for what happens when one runs out. The file and its WAL are
+created 0600.
+
+Schema version 2 (``PRAGMA user_version``); a version-0 file (limits and spend in
+``scopes``) is migrated when opened: limits, spend and usage are kept, reservations of
+processes that ran the old version are dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from json.encoder import encode_basestring_ascii as _q
 from pathlib import Path
 
+from iron_sdk.ledger import periods
 from iron_sdk.ledger.base import (
+    SETTLED_RETENTION_S,
     Ledger,
     LedgerError,
     ScopeState,
     Settlement,
     UsageRow,
     check_amount,
+    check_ttl,
     exceeded,
     unique_scopes,
 )
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS scopes (
+SCHEMA_VERSION = 2
+_TABLES = (
+    # Limits only: a scope without a row has no limit and one 'total' period.
+    """CREATE TABLE scopes (
         scope TEXT PRIMARY KEY,
-        limit_micro INTEGER,
-        spent_micro INTEGER NOT NULL DEFAULT 0
+        limit_micro INTEGER NOT NULL,
+        period TEXT NOT NULL DEFAULT 'total',
+        tz TEXT NOT NULL DEFAULT 'UTC'
     ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS reservations (
+    # Spend per scope and period key ('' for total; see iron_sdk.ledger.periods).
+    """CREATE TABLE spend (
+        scope TEXT NOT NULL,
+        pkey TEXT NOT NULL,
+        spent_micro INTEGER NOT NULL,
+        PRIMARY KEY (scope, pkey)
+    ) WITHOUT ROWID""",
+    # One row per live reservation and limited scope, in the period it was made in; the
+    # call's agent, model and `charge` (JSON [[scope, pkey], ...] of every scope of the
+    # call) are what its lease running out charges. Only calls in flight live here.
+    """CREATE TABLE held (
         id TEXT NOT NULL,
         scope TEXT NOT NULL,
+        pkey TEXT NOT NULL,
         amount_micro INTEGER NOT NULL,
         expires REAL NOT NULL,
+        agent_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        charge TEXT NOT NULL,
         PRIMARY KEY (id, scope)
     ) WITHOUT ROWID""",
-    # Covering index: the per-scope sum of active reservations never touches the table.
-    """CREATE INDEX IF NOT EXISTS reservations_by_scope
-        ON reservations (scope, expires, amount_micro)""",
-    """CREATE TABLE IF NOT EXISTS usage (
+    # Covering index: the per-period sum of reservations never touches the table.
+    "CREATE INDEX held_by_scope ON held (scope, pkey, amount_micro)",
+    # Finished call ids (idempotency). unsettled_micro is set while the call stands charged
+    # at its reserved amount because its lease ran out (agent_id, model, charge then too).
+    """CREATE TABLE settled (
+        id TEXT PRIMARY KEY,
+        at REAL NOT NULL,
+        unsettled_micro INTEGER,
+        agent_id TEXT,
+        model TEXT,
+        charge TEXT
+    ) WITHOUT ROWID""",
+    "CREATE INDEX settled_by_time ON settled (at)",
+    """CREATE TABLE usage (
         agent_id TEXT NOT NULL,
         model TEXT NOT NULL,
         calls INTEGER NOT NULL,
         input_tokens INTEGER NOT NULL,
         output_tokens INTEGER NOT NULL,
         cost_micro INTEGER NOT NULL,
+        unsettled_calls INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (agent_id, model)
     ) WITHOUT ROWID""",
 )
+_MIGRATE_FROM_0 = (
+    "ALTER TABLE scopes RENAME TO scopes_v0",
+    "ALTER TABLE usage RENAME TO usage_v0",
+    "DROP TABLE reservations",
+    *_TABLES,
+    "INSERT INTO scopes (scope, limit_micro) SELECT scope, limit_micro FROM scopes_v0 "
+    "WHERE limit_micro IS NOT NULL",
+    "INSERT INTO spend SELECT scope, '', spent_micro FROM scopes_v0",
+    "INSERT INTO usage (agent_id, model, calls, input_tokens, output_tokens, cost_micro) "
+    "SELECT agent_id, model, calls, input_tokens, output_tokens, cost_micro FROM usage_v0",
+    "DROP TABLE scopes_v0",
+    "DROP TABLE usage_v0",
+)
 
-_RESERVED = ("(SELECT COALESCE(SUM(amount_micro), 0) FROM reservations r "
-             "WHERE r.scope = {outer}.scope AND r.expires >= ?{now})")
-_INSERT_RESERVATION = "INSERT INTO reservations VALUES (?, ?, ?, ?)"
-_DELETE_RESERVATION = "DELETE FROM reservations WHERE id = ?"
-_PURGE = "DELETE FROM reservations WHERE expires < ?"
+# A finished id is never reserved again (it would be held until its lease ran out).
+_INSERT_HELD = ("INSERT INTO held SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
+                "WHERE NOT EXISTS (SELECT 1 FROM settled WHERE id = ?1)")
+_TAKE_HELD = "DELETE FROM held WHERE id = ? RETURNING charge"
+_EXPIRED = "DELETE FROM held WHERE expires < ? RETURNING id, amount_micro, agent_id, model, charge"
+_ANY_EXPIRED = "SELECT 1 FROM held WHERE expires < ? LIMIT 1"  # the table is small
+_FINISHED = "SELECT unsettled_micro, agent_id, model, charge FROM settled WHERE id = ?"
+_NEW_SETTLED = "INSERT OR IGNORE INTO settled (id, at) VALUES (?, ?)"
+_MARK_SETTLED = "UPDATE settled SET at = ?, unsettled_micro = NULL, charge = NULL WHERE id = ?"
+_MARK_UNSETTLED = "INSERT OR REPLACE INTO settled VALUES (?, ?, ?, ?, ?, ?)"
+_FORGET_SETTLED = "DELETE FROM settled WHERE at < ?"
+_CHARGE = ("INSERT INTO spend VALUES (?, ?, ?) ON CONFLICT (scope, pkey) "
+           "DO UPDATE SET spent_micro = spent_micro + excluded.spent_micro")
 _UPSERT_USAGE = (
-    "INSERT INTO usage VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (agent_id, model) DO UPDATE SET "
-    "calls = calls + 1, input_tokens = input_tokens + excluded.input_tokens, "
+    "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, model) DO UPDATE SET "
+    "calls = calls + excluded.calls, input_tokens = input_tokens + excluded.input_tokens, "
     "output_tokens = output_tokens + excluded.output_tokens, "
-    "cost_micro = cost_micro + excluded.cost_micro")
-_SET_LIMIT = ("INSERT INTO scopes (scope, limit_micro) VALUES (?, ?) "
-              "ON CONFLICT (scope) DO UPDATE SET limit_micro = excluded.limit_micro")
-_STATE = ("SELECT limit_micro, spent_micro, " + _RESERVED.format(outer="s", now="2")
-          + " FROM scopes s WHERE scope = ?1")
-_USAGE = ("SELECT agent_id, model, calls, input_tokens, output_tokens, cost_micro "
-          "FROM usage ORDER BY agent_id, model")
-_RESET = "UPDATE scopes SET spent_micro = 0 WHERE scope = ?"
+    "cost_micro = cost_micro + excluded.cost_micro, "
+    "unsettled_calls = unsettled_calls + excluded.unsettled_calls")
+_RENEW = "UPDATE held SET expires = ? WHERE id = ?"
+_SET_LIMIT = ("INSERT INTO scopes VALUES (?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
+              "limit_micro = excluded.limit_micro, period = excluded.period, tz = excluded.tz")
+_REMOVE_LIMIT = "DELETE FROM scopes WHERE scope = ?"
+_CONFIGS = "SELECT scope, period, tz FROM scopes WHERE scope IN ({marks})"
+_SCOPES = "SELECT scope FROM scopes UNION SELECT scope FROM spend ORDER BY scope"
+_USAGE = ("SELECT agent_id, model, calls, input_tokens, output_tokens, cost_micro, "
+          "unsettled_calls FROM usage ORDER BY agent_id, model")
+_RESET = "UPDATE spend SET spent_micro = 0 WHERE scope = ? AND pkey = ?"
 
-_PURGE_EVERY = 64  # limited reserves between purges of expired leases (cheap, table is small)
+_PURGE_EVERY = 64  # limited reserves between charges of expired leases
+_FORGET_EVERY = 256  # settlements between sweeps of finished ids past retention
 
-# SQL texts per number of scopes, so sqlite3's statement cache can reuse the prepared forms.
-_CHECK_SQL: dict[int, str] = {}
-_SETTLE_SQL: dict[int, str] = {}
+_STATE_SQL: dict[tuple[int, bool], str] = {}  # SQL texts per shape, for the statement cache
 
 
-def _check_sql(n: int) -> str:
-    """Limit, spent and active reservations of the limited scopes among ?2..?(n+1); ?1 = now."""
-    sql = _CHECK_SQL.get(n)
+def _state_sql(n: int, limited_only: bool) -> str:
+    """Per (scope, pkey) pair in the parameters: scope, limit, period, tz, spent, held, in
+    order (only the scopes with a limit if ``limited_only``). A UNION ALL of primary-key
+    lookups: about half the cost of a join over a VALUES list."""
+    sql = _STATE_SQL.get((n, limited_only))
     if sql is None:
-        marks = ", ".join(f"?{i}" for i in range(2, n + 2))
-        sql = _CHECK_SQL[n] = (
-            f"SELECT scope, limit_micro, spent_micro, {_RESERVED.format(outer='s', now='1')} "
-            f"FROM scopes s WHERE scope IN ({marks}) AND limit_micro IS NOT NULL")
+        parts = []
+        for i in range(n):
+            scope, pkey = f"?{2 * i + 1}", f"?{2 * i + 2}"
+            source = (f"scopes s WHERE s.scope = {scope}" if limited_only
+                      else f"(SELECT 1) LEFT JOIN scopes s ON s.scope = {scope}")
+            parts.append(
+                f"SELECT {scope}, s.limit_micro, s.period, s.tz, "
+                f"COALESCE((SELECT spent_micro FROM spend WHERE scope = {scope} "
+                f"AND pkey = {pkey}), 0), "
+                f"(SELECT COALESCE(SUM(amount_micro), 0) FROM held WHERE scope = {scope} "
+                f"AND pkey = {pkey}) FROM {source}")
+        sql = _STATE_SQL[(n, limited_only)] = " UNION ALL ".join(parts)
     return sql
 
 
-def _settle_sql(n: int) -> str:
-    """Add ?1 to spent of scopes ?3..?(n+2) (creating rows) and return their states; ?2 = now."""
-    sql = _SETTLE_SQL.get(n)
+def _charge_sql(n: int) -> str:
+    """Add to the spend of n (scope, pkey, amount) triples; return per pair: scope, pkey,
+    spent (after), limit, period, tz, held (RETURNING order is unspecified)."""
+    sql = _CHARGE_SQL.get(n)
     if sql is None:
-        rows = ", ".join(f"(?{i}, ?1)" for i in range(3, n + 3))
-        sql = _SETTLE_SQL[n] = (
-            f"INSERT INTO scopes (scope, spent_micro) VALUES {rows} "
-            "ON CONFLICT (scope) DO UPDATE SET spent_micro = spent_micro + excluded.spent_micro "
-            # RETURNING cannot see a table alias, hence the full table name.
-            "RETURNING scope, limit_micro, spent_micro, "
-            f"{_RESERVED.format(outer='scopes', now='2')}")
+        cfg = "(SELECT {} FROM scopes s WHERE s.scope = spend.scope)"
+        sql = _CHARGE_SQL[n] = (
+            f"INSERT INTO spend VALUES {', '.join(['(?, ?, ?)'] * n)} "
+            "ON CONFLICT (scope, pkey) DO UPDATE SET "
+            "spent_micro = spent_micro + excluded.spent_micro "
+            f"RETURNING scope, pkey, spent_micro, {cfg.format('limit_micro')}, "
+            f"{cfg.format('period')}, {cfg.format('tz')}, (SELECT COALESCE(SUM(amount_micro), "
+            "0) FROM held h WHERE h.scope = spend.scope AND h.pkey = spend.pkey)")
     return sql
+
+
+def _new_settled_sql(n: int) -> str:
+    """Record n (id, at) pairs as finished; RETURNING names the ids that were not yet."""
+    return ("INSERT OR IGNORE INTO settled (id, at) VALUES "
+            f"{', '.join(['(?, ?)'] * n)} RETURNING id")
+
+
+def _take_held_sql(n: int) -> str:
+    """Drop the reservations of n ids; RETURNING gives (id, scope, pkey) per held scope."""
+    return f"DELETE FROM held WHERE id IN ({', '.join(['?'] * n)}) RETURNING id, scope, pkey"
+
+
+_CHARGE_SQL: dict[int, str] = {}
+_CHUNK = 256  # items per statement: far below SQLite's limit on parameters
+
+
+class _StaleConfig(Exception):  # noqa: N818 - internal signal, never escapes
+    """A scope's period changed since this process last looked (the batch is redone)."""
 
 
 # Connections must not cross fork(): children of a forking parent start with fresh ones.
@@ -118,28 +210,37 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
+_Row = tuple[str, int | None, str | None, str | None, int, int]
+_States = list[list[ScopeState]]
+
 
 class SQLiteLedger(Ledger):
     """Ledger in one SQLite file, safe across threads and processes."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 10.0) -> None:
         self._path = Path(path)
+        self.home = self._path.parent
         self._timeout = busy_timeout_s
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
-        self._reserves = 0  # racy counter is fine: it only paces purges
+        self._reserves = 0  # racy counters are fine: they only pace sweeps
+        self._settles = 0
+        # scope -> (period, tz) last seen; checked against the row on every use.
+        self._configs: dict[str, tuple[str, str]] = {}
+        self._limited: set[tuple[str, ...]] = set()  # scope lists last seen with a limit
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # 0600 from birth, WAL inherits it
+                os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             conn = self._conn()
             # WAL is persistent in the file; set once here, not per connection.
             conn.execute("PRAGMA journal_mode=WAL")
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for stmt in _SCHEMA:
-                    conn.execute(stmt)
-                conn.execute(_PURGE, (time.time(),))
+                self._migrate(conn)
+                self._expire(conn, time.time())
                 conn.execute("COMMIT")
             except BaseException:
                 self._abort(conn)
@@ -149,9 +250,25 @@ class SQLiteLedger(Ledger):
             raise self._error(exc) from exc
         _LIVE.add(self)
 
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise LedgerError(f"SQLite ledger at '{self._path}' has schema version {version}; "
+                              f"this iron-sdk knows up to {SCHEMA_VERSION}: upgrade iron-sdk")
+        old = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'scopes'").fetchone()
+        for stmt in _MIGRATE_FROM_0 if old else _TABLES:
+            conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def identity(self) -> str:
+        return f"sqlite://{self._path.resolve()}"
 
     def __repr__(self) -> str:
         return f"SQLiteLedger({str(self._path)!r})"
@@ -171,7 +288,7 @@ class SQLiteLedger(Ledger):
         # check_same_thread=False only so close() may close every thread's connection;
         # each connection is otherwise used by its own thread alone.
         conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None,
-                               check_same_thread=False, cached_statements=64)
+                               check_same_thread=False, cached_statements=128)
         try:
             # WAL + NORMAL: always consistent, no fsync per commit (power loss may drop the last).
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -205,42 +322,125 @@ class SQLiteLedger(Ledger):
     def _error(self, exc: BaseException) -> LedgerError:
         return LedgerError(f"SQLite ledger at '{self._path}' failed: {exc}")
 
-    # -- operations ------------------------------------------------------------------
-
-    def reserve(self, reservation_id: str, scopes: Sequence[str], amount_micro: int,
-                ttl_s: float) -> bool:
-        check_amount("amount_micro", amount_micro)
-        uniq = unique_scopes(scopes)
-        if not uniq:
-            return False
-        sql = _check_sql(len(uniq))
+    def _transaction(self, work):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+        """Run ``work(conn, now)`` inside BEGIN IMMEDIATE … COMMIT; storage errors become
+        LedgerError, anything else (a refusal, a bad value) rolls back and propagates."""
         try:
             conn = self._conn()
-            # Unlocked pre-check on the latest committed snapshot: no limit -> done without
-            # any write lock; over budget -> refuse without one (the snapshot was real).
-            rows = conn.execute(sql, (time.time(), *uniq)).fetchall()
-            if not rows:
-                return False
-            _check(uniq, rows, amount_micro)
             try:  # BEGIN inside: an interrupt right after it must still roll back
                 conn.execute("BEGIN IMMEDIATE")
-                now = time.time()  # after the lock wait, so expiry is judged fairly
-                rows = conn.execute(sql, (now, *uniq)).fetchall()  # limits may have changed
-                if rows:
-                    _check(uniq, rows, amount_micro)
-                    expires = now + ttl_s
-                    conn.executemany(_INSERT_RESERVATION, [
-                        (reservation_id, row[0], amount_micro, expires) for row in rows])
-                    self._reserves += 1
-                    if self._reserves % _PURGE_EVERY == 0:
-                        conn.execute(_PURGE, (now,))
+                result = work(conn, time.time())  # after the lock wait: judged fairly
                 conn.execute("COMMIT")
             except BaseException:
                 self._abort(conn)
                 raise
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        return bool(rows)
+        return result
+
+    # -- periods ---------------------------------------------------------------------
+
+    def _pairs(self, uniq: tuple[str, ...], now: float) -> list[str]:
+        """Flat (scope, current pkey) parameters, from the configs last seen."""
+        flat: list[str] = []
+        for scope in uniq:
+            cfg = self._configs.get(scope)
+            flat += (scope, "" if cfg is None else periods.current(*cfg, now).key)
+        return flat
+
+    def _stale(self, rows: list[_Row]) -> bool:
+        """Learn the configs in ``rows``; True if a pkey was computed from an outdated one."""
+        stale = False
+        configs, total = self._configs, periods.TOTAL
+        for scope, limit, period, tz, _, _ in rows:
+            cfg = total if limit is None else (period, tz)
+            if configs.get(scope, total) != cfg:
+                stale = True
+                if cfg == total:
+                    configs.pop(scope, None)
+                else:
+                    configs[scope] = cfg  # type: ignore[assignment]
+        return stale
+
+    def _check(self, conn: sqlite3.Connection, uniq: tuple[str, ...], now: float,
+               amount: int) -> tuple[list[str], list[_Row]]:
+        """Limited scopes' rows for the current periods; raise if the amount does not fit."""
+        sql = _state_sql(len(uniq), limited_only=True)
+        configs = self._configs
+        while True:
+            pairs = self._pairs(uniq, now)
+            rows = conn.execute(sql, pairs).fetchall()
+            stale = self._stale(rows)
+            if configs:  # a limit removed since: its scope is back to one total period
+                limited = {row[0] for row in rows}
+                for scope in [s for s in uniq if s in configs and s not in limited]:
+                    del configs[scope]
+                    stale = True
+            if not stale:
+                break
+        over = {row[0]: row for row in rows if row[4] + row[5] + amount > row[1]}
+        for scope in uniq:  # the first that does not fit, in the caller's order
+            if scope in over:
+                _, limit, _, _, spent, held = over[scope]
+                raise exceeded(scope, limit, spent + held, amount)
+        return pairs, rows
+
+    def _states(self, conn: sqlite3.Connection, flat: list[str]) -> list[ScopeState]:
+        rows = conn.execute(_state_sql(len(flat) // 2, limited_only=False), flat).fetchall()
+        out = []
+        for (scope, limit, _, _, spent, held), pkey in zip(rows, flat[1::2], strict=True):
+            period = periods.of_key(pkey)
+            out.append(ScopeState(scope, limit, spent, held, period.name, period.start,
+                                  period.end))
+        return out
+
+    # -- operations ------------------------------------------------------------------
+
+    def reserve(self, reservation_id: str, scopes: Sequence[str], amount_micro: int,
+                ttl_s: float, *, agent_id: str = "", model: str = "") -> bool:
+        check_amount("amount_micro", amount_micro)
+        check_ttl(ttl_s)
+        uniq = unique_scopes(scopes)
+        if not uniq:
+            return False
+        if uniq not in self._limited:
+            try:
+                # Unlocked pre-check on the latest committed snapshot: no limit -> done
+                # without any write lock (the common case); once these scopes were seen
+                # limited, the check under the lock below is the only one.
+                _, rows = self._check(self._conn(), uniq, time.time(), amount_micro)
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            if not rows:
+                return False
+            if len(self._limited) >= 1024:
+                self._limited.clear()
+            self._limited.add(uniq)
+
+        def work(conn: sqlite3.Connection, now: float) -> bool:
+            self._reserves += 1
+            if self._reserves % _PURGE_EVERY == 0:
+                self._expire(conn, now)
+            pairs, rows = self._check(conn, uniq, now, amount_micro)  # limits may have changed
+            if not rows:
+                self._limited.discard(uniq)
+                return False
+            by_scope = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            charge = "[" + ", ".join(f"[{_q(s)}, {_q(k)}]" for s, k in by_scope.items()) + "]"
+            expires = now + ttl_s
+            inserted = conn.executemany(_INSERT_HELD, [
+                (reservation_id, row[0], by_scope[row[0]], amount_micro, expires, agent_id,
+                 model, charge) for row in rows]).rowcount
+            if inserted != len(rows):
+                raise LedgerError(f"reservation id {reservation_id!r} is already in use")
+            return True
+
+        try:
+            return bool(self._transaction(work))
+        except LedgerError as exc:
+            if "UNIQUE" in str(exc):
+                raise LedgerError(f"reservation id {reservation_id!r} is already in use") from exc
+            raise
 
     def settle(self, reservation_id: str, scopes: Sequence[str], cost_micro: int, *,
                agent_id: str, model: str, input_tokens: int,
@@ -249,43 +449,183 @@ class SQLiteLedger(Ledger):
                                             model, input_tokens, output_tokens)])[0]
 
     def settle_many(self, items: Sequence[Settlement]) -> list[list[ScopeState]]:
-        """Settle a batch in one transaction: one commit's worth of page writes for all."""
+        """Settle a batch in one transaction (all or nothing). The batch costs a handful of
+        statements whatever its size: ids, reservations, spend and usage are each written
+        with one statement per chunk of :data:`_CHUNK` items."""
+        shapes = []
         for item in items:
-            check_amount("cost_micro", item.cost_micro)
-        out: list[list[ScopeState]] = []
-        try:
-            conn = self._conn()
+            item.check()
+            shapes.append(unique_scopes(item.scopes))
+
+        def work(conn: sqlite3.Connection, now: float) -> list[Callable[[], _States]]:
+            self._settles += len(items)
+            if self._settles % _FORGET_EVERY < len(items):
+                conn.execute(_FORGET_SETTLED, (now - SETTLED_RETENTION_S,))
+            return [self._settle_chunk(conn, now, items[k:k + _CHUNK], shapes[k:k + _CHUNK])
+                    for k in range(0, len(items), _CHUNK)]
+
+        while True:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                now = time.time()
-                for item in items:
-                    uniq = unique_scopes(item.scopes)
-                    conn.execute(_DELETE_RESERVATION, (item.reservation_id,))
-                    rows = conn.execute(_settle_sql(len(uniq)),
-                                        (item.cost_micro, now, *uniq)).fetchall() if uniq else []
-                    conn.execute(_UPSERT_USAGE, (item.agent_id, item.model, item.input_tokens,
-                                                 item.output_tokens, item.cost_micro))
-                    # RETURNING order is unspecified; answer in the caller's order.
-                    by_scope = {row[0]: row for row in rows}
-                    out.append([ScopeState(*by_scope[s]) for s in uniq])
-                conn.execute("COMMIT")
-            except BaseException:
-                self._abort(conn)
-                raise
+                builders: list[Callable[[], _States]] = self._transaction(work)
+                break
+            except _StaleConfig:  # a period changed since we last looked: learnt, again
+                continue
+        # The states are built after COMMIT: the write lock is held for the SQL alone.
+        return [states for build in builders for states in build()]
+
+    def _settle_chunk(self, conn: sqlite3.Connection, now: float, items: Sequence[Settlement],
+                      shapes: Sequence[tuple[str, ...]]) -> Callable[[], _States]:
+        """Write a chunk; return what builds its states (called after the commit)."""
+        ids = [item.reservation_id for item in items]
+        fresh = {r[0] for r in conn.execute(_new_settled_sql(len(ids)),
+                                            [x for rid in ids for x in (rid, now)])}
+        held: dict[str, dict[str, str]] = {}  # id -> scope -> the period it was reserved in
+        if fresh:
+            for rid, scope, key in conn.execute(_take_held_sql(len(fresh)), list(fresh)):
+                held.setdefault(rid, {})[scope] = key
+        plan: list[tuple[int, list[tuple[str, str]]]] = []  # item index, its charged keys
+        totals: dict[tuple[str, str], int] = {}
+        guessed: set[str] = set()  # scopes whose period came from the configs last seen
+        usage: dict[tuple[str, str], list[int]] = {}
+        finished: dict[int, list[str]] = {}  # item index -> its (scope, pkey) pairs, flat
+        for n, (item, uniq) in enumerate(zip(items, shapes, strict=True)):
+            rid = item.reservation_id
+            if rid not in fresh:  # finished before (or earlier in this batch)
+                finished[n] = self._settle_again(conn, now, item, uniq)
+                continue
+            fresh.discard(rid)
+            keys = held.get(rid, {})  # scopes without a limit have one period: the current
+            pairs = []
+            for scope in uniq:
+                key = keys.get(scope)
+                if key is None:
+                    key = self._pairs((scope,), now)[1]
+                    guessed.add(scope)
+                pairs.append((scope, key))
+                totals[(scope, key)] = totals.get((scope, key), 0) + item.cost_micro
+            plan.append((n, pairs))
+            row = usage.setdefault((item.agent_id, item.model), [0, 0, 0, 0])
+            row[0] += 1
+            row[1] += item.input_tokens
+            row[2] += item.output_tokens
+            row[3] += item.cost_micro
+        after: dict[tuple[str, str], tuple[int | None, int, int]] = {}  # limit, spent, held
+        if totals:
+            flat = [x for (scope, key), cost in totals.items() for x in (scope, key, cost)]
+            for scope, key, spent, limit, period, tz, in_flight in conn.execute(
+                    _charge_sql(len(totals)), flat).fetchall():
+                if scope in guessed and self._stale([(scope, limit, period, tz, 0, 0)]):
+                    raise _StaleConfig
+                after[(scope, key)] = (limit, spent, in_flight)
+            conn.executemany(_UPSERT_USAGE, [(agent, model, *vals, 0)
+                                             for (agent, model), vals in usage.items()])
+        again = {n: self._states(conn, flat) for n, flat in finished.items()}
+
+        def build() -> _States:
+            """Each item's states: the spend right after it, in the batch's order."""
+            running = {k: after[k][1] - total for k, total in totals.items()}
+            out = again
+            for n, pairs in plan:
+                states = []
+                for scope, key in pairs:
+                    running[(scope, key)] += items[n].cost_micro
+                    limit, _, in_flight = after[(scope, key)]
+                    period = periods.of_key(key)
+                    states.append(ScopeState(scope, limit, running[(scope, key)], in_flight,
+                                             period.name, period.start, period.end))
+                out[n] = states
+            return [out[n] for n in range(len(items))]
+
+        return build
+
+    def _settle_again(self, conn: sqlite3.Connection, now: float, item: Settlement,
+                      uniq: tuple[str, ...]) -> list[str]:
+        """An id already finished: nothing to charge, unless its lease ran out and it stands
+        charged at its reserved amount; then that charge becomes the true cost, once.
+        Returns the (scope, pkey) pairs, flat, whose states to report."""
+        rid, cost = item.reservation_id, item.cost_micro
+        unsettled, agent, model, charge = conn.execute(_FINISHED, (rid,)).fetchone()
+        keys = dict(json.loads(charge)) if charge else {}
+        if unsettled is not None:
+            conn.executemany(_CHARGE, [(s, k, cost - unsettled) for s, k in keys.items()])
+            conn.execute(_UPSERT_USAGE, (agent, model, 0, 0, 0, -unsettled, -1))
+            conn.execute(_UPSERT_USAGE, (item.agent_id, item.model, 1, item.input_tokens,
+                                         item.output_tokens, cost, 0))
+            conn.execute(_MARK_SETTLED, (now, rid))
+        flat: list[str] = []
+        for s in uniq:
+            flat += (s, keys[s] if s in keys else self._pairs((s,), now)[1])
+        return flat
+
+    def _current_keys(self, conn: sqlite3.Connection, uniq: tuple[str, ...],
+                      now: float) -> dict[str, str]:
+        marks = ", ".join("?" * len(uniq))
+        rows = conn.execute(_CONFIGS.format(marks=marks), uniq).fetchall()
+        return {scope: periods.current(period, tz, now).key for scope, period, tz in rows}
+
+    def _expire(self, conn: sqlite3.Connection, now: float) -> int:
+        """Charge every reservation whose lease ran out at its reserved amount (in a txn)."""
+        expired = {row[0]: row for row in conn.execute(_EXPIRED, (now,)).fetchall()}
+        for rid, amount, agent, model, charge in expired.values():
+            conn.execute(_TAKE_HELD, (rid,)).fetchall()  # scopes renewed apart, if any
+            conn.executemany(_CHARGE, [(s, k, amount) for s, k in json.loads(charge)])
+            conn.execute(_UPSERT_USAGE, (agent, model, 0, 0, 0, amount, 1))
+            conn.execute(_MARK_UNSETTLED, (rid, now, amount, agent, model, charge))
+        return len(expired)
+
+    def expire_leases(self) -> int:
+        return self._transaction(self._expire)  # type: ignore[no-any-return]
+
+    def _expire_if_due(self) -> None:
+        """Reads first charge leases that ran out, taking the write lock only if one did."""
+        try:
+            due = self._conn().execute(_ANY_EXPIRED, (time.time(),)).fetchone()
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        return out
+        if due:
+            self.expire_leases()
 
     def release(self, reservation_id: str) -> None:
-        self._write(_DELETE_RESERVATION, (reservation_id,))
+        def work(conn: sqlite3.Connection, now: float) -> None:
+            if conn.execute(_NEW_SETTLED, (reservation_id, now)).rowcount == 0:
+                unsettled, agent, model, charge = conn.execute(
+                    _FINISHED, (reservation_id,)).fetchone()
+                if unsettled is not None:  # charged when its lease ran out; it cost nothing
+                    conn.executemany(_CHARGE, [(s, k, -unsettled)
+                                               for s, k in json.loads(charge)])
+                    conn.execute(_UPSERT_USAGE, (agent, model, 0, 0, 0, -unsettled, -1))
+                    conn.execute(_MARK_SETTLED, (now, reservation_id))
+                return
+            conn.execute(_TAKE_HELD, (reservation_id,)).fetchall()
 
-    def set_limit(self, scope: str, limit_micro: int | None) -> None:
-        if limit_micro is not None:
-            check_amount("limit_micro", limit_micro)
-        self._write(_SET_LIMIT, (scope, limit_micro))
+        self._transaction(work)
+
+    def renew(self, reservation_ids: Sequence[str], ttl_s: float) -> int:
+        check_ttl(ttl_s)
+        ids = list(reservation_ids)
+        if not ids:
+            return 0
+
+        def work(conn: sqlite3.Connection, now: float) -> int:
+            return sum(conn.execute(_RENEW, (now + ttl_s, rid)).rowcount > 0 for rid in ids)
+
+        return self._transaction(work)  # type: ignore[no-any-return]
+
+    def set_limit(self, scope: str, limit_micro: int | None, *, period: str = "total",
+                  tz: str = "UTC") -> None:
+        if limit_micro is None:
+            self._write(_REMOVE_LIMIT, (scope,))
+            return
+        check_amount("limit_micro", limit_micro)
+        periods.check_period(period, tz)
+        self._write(_SET_LIMIT, (scope, limit_micro, period, tz))
 
     def reset(self, scope: str) -> None:
-        self._write(_RESET, (scope,))
+        def work(conn: sqlite3.Connection, now: float) -> None:
+            key = self._current_keys(conn, (scope,), now).get(scope, "")
+            conn.execute(_RESET, (scope, key))
+
+        self._transaction(work)
 
     def _write(self, sql: str, params: tuple[object, ...]) -> None:
         """One statement in autocommit mode is its own atomic transaction."""
@@ -295,19 +635,24 @@ class SQLiteLedger(Ledger):
             raise self._error(exc) from exc
 
     def state(self, scope: str) -> ScopeState:
+        self._expire_if_due()
         try:
-            row = self._conn().execute(_STATE, (scope, time.time())).fetchone()
+            conn = self._conn()
+            return self._states(conn, self._current_flat(conn, scope))[0]
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        return ScopeState(scope, *row) if row else ScopeState(scope, None, 0, 0)
+
+    def _current_flat(self, conn: sqlite3.Connection, scope: str) -> list[str]:
+        return [scope, self._current_keys(conn, (scope,), time.time()).get(scope, "")]
 
     def scopes(self) -> list[str]:
         try:
-            return [r[0] for r in self._conn().execute("SELECT scope FROM scopes ORDER BY scope")]
+            return [r[0] for r in self._conn().execute(_SCOPES)]
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
     def usage(self) -> list[UsageRow]:
+        self._expire_if_due()
         try:
             rows = self._conn().execute(_USAGE).fetchall()
         except sqlite3.Error as exc:
@@ -323,13 +668,3 @@ class SQLiteLedger(Ledger):
             with contextlib.suppress(sqlite3.Error):  # best effort; nothing is pending
                 conn.close()
         _LIVE.discard(self)
-
-
-def _check(uniq: tuple[str, ...], rows: list[tuple[str, int, int, int]], amount: int) -> None:
-    """Raise for the first scope, in the caller's order, whose limit the amount would break."""
-    failing = {scope: (limit, spent + reserved) for scope, limit, spent, reserved in rows
-               if spent + reserved + amount > limit}
-    if failing:
-        scope = next(s for s in uniq if s in failing)
-        limit, used = failing[scope]
-        raise exceeded(scope, limit, used, amount)
