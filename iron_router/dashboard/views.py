@@ -22,7 +22,7 @@ from iron_router.dashboard import access, data
 from iron_router.dashboard.auditlog import AuditTail
 from iron_router.dashboard.charts import line_chart
 from iron_router.dashboard.format import ago, money, stamp
-from iron_sdk.errors import IronCageError
+from iron_sdk.errors import InvalidRequestError, IronCageError
 from iron_sdk.policy import operations as ops
 from iron_sdk.runtime import Runtime
 
@@ -37,7 +37,8 @@ SECURITY_HEADERS = {
                                "script-src 'self'; "
                                "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+    # not no-referrer: a form's POST would then carry "Origin: null", which HostCheck refuses
+    "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store", "X-Frame-Options": "DENY",
 }
 NAV = (("agents", "", "Agents"), ("spend", "/spend", "Spend"), ("live", "/live", "Live calls"),
@@ -240,8 +241,6 @@ def _action(fn: Action) -> Callable[[Request], Awaitable[Response]]:
 
 @_action
 def set_budget(runtime: Runtime, form: dict[str, str]) -> tuple[str, dict[str, Any], str]:
-    from iron_sdk.errors import InvalidRequestError
-
     try:
         amount = float(form.get("usd", "").strip().lstrip("$") or "nan")
     except ValueError:
@@ -264,7 +263,10 @@ def switch_agent(runtime: Runtime, form: dict[str, str]) -> tuple[str, dict[str,
 
 @_action
 def revoke_token(runtime: Runtime, form: dict[str, str]) -> tuple[str, dict[str, Any], str]:
-    result = ops.revoke(operator_store(runtime), time.time(), token=form.get("token", ""))
+    token = form.get("token", "").strip()
+    if not token:
+        raise InvalidRequestError("Name the token to revoke.")
+    result = ops.revoke(operator_store(runtime), time.time(), token=token)
     return "token_revoke", {"id": result["id"]}, f"Token {result['id']} revoked"
 
 
