@@ -47,11 +47,11 @@ def _nice_max(value: int) -> int:
     return 10 * exp
 
 
-def line_chart(series: list[Series], labels: list[str], *, title: str, width: int = 760,
-               height: int = 240) -> str:
+def line_chart(series: list[Series], labels: list[str], *, title: str, width: int = 1100,
+               height: int = 280) -> str:
     """An SVG line chart: one path per series over the buckets, a y axis in USD and a few
     x labels. ``labels`` names each bucket."""
-    left, right, top, bottom = 64, 12, 14, 28
+    left, right, top, bottom = 84, 16, 14, 30
     plot_w, plot_h = width - left - right, height - top - bottom
     buckets = max(len(labels), 1)
     peak = _nice_max(max((max(s.values, default=0) for s in series), default=0))

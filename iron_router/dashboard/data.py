@@ -3,6 +3,7 @@ Blocking: the views call these in the thread pool."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,15 +33,22 @@ class BudgetRow:
     calls: int = 0
     last_seen: float | None = None
     disabled: str | None = None  # None, or the scope whose kill switch is on
+    scale: int = 0  # without a limit, the bar is relative to this (the biggest such spender)
 
     @property
     def left(self) -> int | None:
         return None if self.limit is None else max(0, self.limit - self.spent - self.reserved)
 
     def pct(self, amount: int) -> float:
-        """``amount`` as a share of the bar (the limit, or what was spent without one)."""
-        whole = self.limit if self.limit else max(self.spent + self.reserved, 1)
+        """``amount`` as a share of the bar (of the limit, or without one of ``scale``)."""
+        whole = self.limit if self.limit else max(self.scale, self.spent + self.reserved, 1)
         return round(min(100.0, 100.0 * amount / whole), 2) if whole > 0 else 0.0
+
+    @property
+    def used_pct(self) -> str:
+        if not self.limit:
+            return ""
+        return f"{100 * (self.spent + self.reserved) / self.limit:.0f}%"
 
     @property
     def level(self) -> str:
@@ -68,7 +76,12 @@ def budget_rows(runtime: Runtime, tail: AuditTail) -> tuple[list[BudgetRow], lis
                          last_seen=tail.last_seen.get(name), disabled=off))
     others = [_row(ledger.state(s), s, disabled=s if store.get(s).disabled else None)
               for s in sorted(scopes) if not s.startswith("agent:")]
-    return rows, others
+    return _scaled(rows), _scaled(others)
+
+
+def _scaled(rows: list[BudgetRow]) -> list[BudgetRow]:
+    scale = max((r.spent + r.reserved for r in rows if r.limit is None), default=0)
+    return [dataclasses.replace(r, scale=scale) for r in rows]
 
 
 def _row(state: Any, name: str, **extra: Any) -> BudgetRow:
@@ -93,14 +106,15 @@ def spend_charts(tail: AuditTail, window: str, now: float | None = None,
 def live_row(event: CallEvent) -> dict[str, Any]:
     """A call event as a table row: display strings only (pages and the live stream)."""
     kind = event.get("type")
+    cost = event.get("cost_micro")
     decision = {"call_completed": "allowed", "call_failed": "failed"}.get(kind) or (
         f"blocked: {event.get('reason') or 'policy'}")
     return {"seq": event.seq, "time": clock(event.get("ts")),
             "agent": str(event.get("agent_id", "")), "model": str(event.get("model") or "?"),
-            "tokens": f"{tokens(event.get('input_tokens'))} → "
-                      f"{tokens(event.get('output_tokens'))}",
-            "cost": money(event.get("cost_micro") if isinstance(event.get("cost_micro"), int)
-                          else None),
+            "tokens": "—" if kind == "call_blocked" else
+                      f"{tokens(event.get('input_tokens'))} → {tokens(event.get('output_tokens'))}",
+            "cost": "—" if kind == "call_blocked" else money(cost if isinstance(cost, int)
+                                                             else None),
             "decision": decision,
             "tone": "ok" if kind == "call_completed" else "bad",
             "latency": latency(event.get("latency_ms"))}

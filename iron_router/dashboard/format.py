@@ -9,17 +9,16 @@ from iron_sdk.errors import MICRO
 
 
 def money(micro: int | None) -> str:
-    """``$12.34``, ``$0.0420``, ``$0.000012``: enough digits to see a single call."""
+    """``$12.34``, ``$0.042``, ``$0.000012``: down to the micro-dollar, no trailing zeros
+    beyond the cents."""
     if micro is None:
         return "—"
-    value = micro / MICRO
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    if value >= 1 or value == 0:
-        return f"{sign}${value:,.2f}"
-    if value >= 0.01:
-        return f"{sign}${value:.4f}"
-    return f"{sign}${value:.6f}"
+    sign = "-" if micro < 0 else ""
+    micro = abs(micro)
+    if micro >= MICRO:
+        return f"{sign}${micro / MICRO:,.2f}"
+    whole, _, frac = f"{micro / MICRO:.6f}".rstrip("0").partition(".")
+    return f"{sign}${whole}.{frac.ljust(2, '0')}"
 
 
 def clock(ts: float | None) -> str:
