@@ -393,3 +393,40 @@ def test_library_mode_dashboard_reads_the_same_home(setup):
         proc.terminate()
         proc.wait(20)
     assert f"http://127.0.0.1:{port}/ui/" in proc.stdout.read().decode()  # loopback only
+
+
+# -- the audit log tail ----------------------------------------------------------------------
+def _line(**fields: Any) -> str:
+    base = {"type": "call_completed", "ts": time.time(), "agent_id": "a", "model": "m",
+            "cost_micro": 10, "input_tokens": 1, "output_tokens": 2}
+    return json.dumps({**base, **fields}) + "\n"
+
+
+def test_the_audit_tail_reads_tolerantly_and_follows_rotation(tmp_path):
+    from iron_router.dashboard.auditlog import AuditTail
+
+    log = tmp_path / "audit.jsonl"
+    log.write_text(_line(mac="ab" * 16, prev="00", messages=[{"content": PROMPT_MARKER}])
+                   + "not json\n[1, 2]\n" + _line(type="admin_change") + _line(agent_id=None)
+                   + _line(agent_id="b", model="n", cost_micro=5)
+                   + '{"type": "call_completed", "ts": 1')  # a line still being written
+    tail = AuditTail(log)
+    tail.refresh()
+    assert [e.get("agent_id") for e in tail.after(0)] == ["a", "b"]
+    assert all(PROMPT_MARKER not in json.dumps(e.fields) for e in tail.after(0))
+    assert "mac" not in tail.after(0)[0].fields
+    with log.open("a") as f:  # the partial line is completed
+        f.write('.5, "agent_id": "c"}\n')
+    tail.refresh()
+    assert [e.get("agent_id") for e in tail.after(2)] == ["c"]
+    with log.open("a") as f:
+        f.write(_line(agent_id="d"))
+    log.rename(tmp_path / "audit.jsonl.1")  # rotated before the tail read the last line
+    log.write_text(_line(agent_id="e", type="call_blocked", reason="budget_exceeded"))
+    tail.refresh()
+    assert [e.get("agent_id") for e in tail.after(3)] == ["d", "e"]
+    assert [e.get("reason") for e in tail.blocked] == ["budget_exceeded"]
+    now = time.time()
+    by_agent = tail.spend_series("agent", now - 3600, 60, 61)
+    assert sum(by_agent["a"]) == 10 and sum(by_agent["b"]) == 5 and "e" not in by_agent
+    assert set(tail.spend_series("model", now - 3600, 60, 61)) == {"m", "n"}
