@@ -421,7 +421,7 @@ def test_the_audit_tail_reads_tolerantly_and_follows_rotation(tmp_path):
     assert [e.get("agent_id") for e in tail.after(2)] == ["c"]
     with log.open("a") as f:
         f.write(_line(agent_id="d"))
-    log.rename(tmp_path / "audit.jsonl.1")  # rotated before the tail read the last line
+    log.rename(tmp_path / "audit.1.jsonl")  # rotated before the tail read the last line
     log.write_text(_line(agent_id="e", type="call_blocked", reason="budget_exceeded"))
     tail.refresh()
     assert [e.get("agent_id") for e in tail.after(3)] == ["d", "e"]
@@ -429,4 +429,7 @@ def test_the_audit_tail_reads_tolerantly_and_follows_rotation(tmp_path):
     now = time.time()
     by_agent = tail.spend_series("agent", now - 3600, 60, 61)
     assert sum(by_agent["a"]) == 10 and sum(by_agent["b"]) == 5 and "e" not in by_agent
-    assert set(tail.spend_series("model", now - 3600, 60, 61)) == {"m", "n"}
+    assert set(tail.spend_series("model", now - 3600, 60, 61)) == {"m", "n"}  # c: in 1970
+    fresh = AuditTail(log)  # a new dashboard reads the rotated files too
+    fresh.refresh()
+    assert [e.get("agent_id") for e in fresh.after(0)] == ["a", "b", "c", "d", "e"]

@@ -10,6 +10,7 @@ so no prompt text can reach a page even if an event carried one.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -69,18 +70,49 @@ class AuditTail:
                 self._offset = 0
             elif st.st_size < self._offset:  # truncated in place
                 self._offset = 0
-            if self._inode is None and st.st_size > FIRST_READ_MAX:
-                self._offset = st.st_size - FIRST_READ_MAX
-                self._read(self.path, skip_partial=True)
+            if self._inode is None:
+                self._first_read(st.st_size)
             self._inode = st.st_ino
             self._read(self.path)
             now = time.time()
             if now - self._pruned > 3600:
                 self._prune(now)
 
+    def rotated(self) -> list[Path]:
+        """The rotated files of the log, oldest first (``audit.1.jsonl``, ``audit.2.jsonl``
+        ..., or ``audit.jsonl.1`` ...)."""
+        stem, suffix = re.escape(self.path.stem), re.escape(self.path.suffix)
+        pattern = re.compile(rf"^(?:{stem}\.(\d+){suffix}|{re.escape(self.path.name)}\.(\d+))$")
+        try:
+            found = [(int(m[1] or m[2]), p) for p in self.path.parent.iterdir()
+                     if (m := pattern.match(p.name))]
+        except OSError:
+            return []
+        return [p for _, p in sorted(found)]
+
+    def _first_read(self, size: int) -> None:
+        """The newest ``FIRST_READ_MAX`` bytes of the log, rotated files included."""
+        budget = FIRST_READ_MAX - size
+        older: list[Path] = []
+        for path in reversed(self.rotated()):
+            try:
+                budget -= path.stat().st_size
+            except OSError:
+                continue
+            if budget < 0:
+                break
+            older.insert(0, path)
+        for path in older:
+            self._offset = 0
+            self._read(path)
+        self._offset = 0
+        if size > FIRST_READ_MAX:
+            self._offset = size - FIRST_READ_MAX
+            self._read(self.path, skip_partial=True)
+
     def _finish_rotated(self, inode: int) -> None:
         """The log was rotated: read the rest of the old file, wherever it went."""
-        for candidate in sorted(self.path.parent.glob(self.path.name + ".*")):
+        for candidate in reversed(self.rotated()):
             try:
                 if candidate.stat().st_ino == inode:
                     self._read(candidate)

@@ -85,7 +85,11 @@ def _page(fn: Page) -> Callable[[Request], Awaitable[Response]]:
             target = quote(request.url.path + (f"?{request.url.query}" if request.url.query
                                                else ""))
             return RedirectResponse(f"{access.base(request)}/login?next={target}", 303)
-        return await fn(request, admin)
+        try:
+            return await fn(request, admin)
+        except IronCageError as exc:  # e.g. the ledger cannot answer: say so, never a 500
+            return await _render(request, "error", admin, status=exc.status,
+                                 message=str(exc)[:300])
     return handle
 
 
@@ -111,9 +115,10 @@ async def spend_page(request: Request, admin: access.Admin | None) -> Response:
 async def live_page(request: Request, admin: access.Admin | None) -> Response:
     tail = _tail(request)
     await run_in_threadpool(tail.refresh)
+    seen = tail.seq  # the stream starts after it (a row shown twice is dropped by live.js)
     events = tail.after(0)[-100:]
     return await _render(request, "live", admin, rows=[data.live_row(e) for e in
-                                                       reversed(events)], after=tail.seq)
+                                                       reversed(events)], after=seen)
 
 
 @_page
@@ -136,7 +141,7 @@ async def events(request: Request, admin: access.Admin | None) -> Response:
     browser reconnects and resumes after the last id it saw."""
     tail = _tail(request)
     after = request.headers.get("last-event-id") or request.query_params.get("after") or ""
-    cursor = int(after) if after.isdigit() else None
+    cursor = int(after) if after.isdigit() and len(after) <= 18 else None
 
     async def stream() -> AsyncIterator[str]:
         nonlocal cursor
