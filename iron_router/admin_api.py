@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
@@ -38,7 +37,6 @@ from starlette.routing import BaseRoute, Route
 
 from iron_router.errors import error_response
 from iron_sdk.errors import (
-    MICRO,
     InvalidRequestError,
     InvalidTokenError,
     IronCageError,
@@ -77,12 +75,17 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-def _store(request: Request) -> PolicyStore:
-    plugin = _runtime(request).pm.get_plugin("iron.operator")
+def operator_store(runtime: Runtime) -> PolicyStore:
+    """The policy store of the runtime's operator plugin."""
+    plugin = runtime.pm.get_plugin("iron.operator")
     if plugin is None or plugin.store is None:
         raise IronCageError("The operator policy plugin is not loaded in this router.")
     store: PolicyStore = plugin.store
     return store
+
+
+def _store(request: Request) -> PolicyStore:
+    return operator_store(_runtime(request))
 
 
 def _authorize(request: Request) -> _Admin:
@@ -91,8 +94,14 @@ def _authorize(request: Request) -> _Admin:
     if scheme.lower() != "bearer" or not token.strip():
         raise InvalidTokenError("The admin API needs an admin token: 'Authorization: Bearer "
                                 "<token>' from `iron-runtime token issue --agent NAME --admin`.")
-    claims = _runtime(request).tokens.verify(token.strip())
-    reason = _store(request).is_revoked(claims)
+    return authorize_admin(_runtime(request), token.strip())
+
+
+def authorize_admin(runtime: Runtime, token: str) -> _Admin:
+    """Who an admin token names; InvalidTokenError (bad, expired, revoked) or
+    AdminRequiredError (an agent's token). Blocking: call it off the event loop."""
+    claims = runtime.tokens.verify(token)
+    reason = operator_store(runtime).is_revoked(claims)
     if reason:
         raise InvalidTokenError(reason)
     if claims.get("adm") is not True:
@@ -146,8 +155,13 @@ class _TooLarge(InvalidRequestError):
 
 
 def _audit(request: Request, admin: _Admin, action: str, **fields: Any) -> None:
-    _runtime(request).emit(make_event("admin_change", action=action, actor=admin.agent,
-                                      actor_token_id=admin.token_id, **fields))
+    audit_change(_runtime(request), admin, action, **fields)
+
+
+def audit_change(runtime: Runtime, admin: _Admin, action: str, **fields: Any) -> None:
+    """The ``admin_change`` audit event of one operator action."""
+    runtime.emit(make_event("admin_change", action=action, actor=admin.agent,
+                            actor_token_id=admin.token_id, **fields))
 
 
 def _name(request: Request) -> str:
@@ -370,29 +384,13 @@ async def set_budget(request: Request, admin: _Admin) -> Response:
     """
     scope = _name(request)
     body = await _body(request)
-    amount = body.get("usd")
-    if type(amount) not in (int, float) or not math.isfinite(amount) or abs(amount) > 1e9:
-        raise InvalidRequestError("'usd' must be a number (0 or less removes the limit).")
-    extra = {k: body[k] for k in ("period", "tz") if body.get(k) is not None}
-    if any(not isinstance(v, str) for v in extra.values()):
-        raise InvalidRequestError("'period' and 'tz' must be strings.")
     unknown = set(body) - {"usd", "period", "tz"}
     if unknown:
         raise InvalidRequestError(f"unknown budget field(s): {', '.join(sorted(unknown))}")
-    limit = round(amount * MICRO) if amount > 0 else None
     ledger = _runtime(request).ledger
-
-    def apply() -> Any:
-        try:
-            ledger.set_limit(scope, limit, **extra)
-        except TypeError:  # a ledger without periodic budgets
-            raise InvalidRequestError(
-                "This ledger has lifetime budgets only; drop 'period' and 'tz'.") from None
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc)) from None
-        return ledger.state(scope)
-
-    state = await run_in_threadpool(apply)
+    limit, extra, state = await run_in_threadpool(
+        ops.set_budget, ledger, scope, body.get("usd"), period=body.get("period"),
+        tz=body.get("tz"))
     _audit(request, admin, "budget_set", scope=scope, limit_micro=limit, **extra)
     return JSONResponse(_state_json(state))
 

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iron_router.admin_api import routes as admin_routes
 from iron_router.config import RouterConfig
+from iron_router.dashboard import mount as dashboard
 from iron_router.metrics import CONTENT_TYPE, RouterMetrics
 from iron_router.offload import Offload
 from iron_router.openai_api import RouterState
@@ -365,6 +366,7 @@ def create_app(config: RouterConfig | None = None) -> Starlette:
         *openai_routes,
         *runtime_routes,
         *admin_routes,
+        dashboard("/ui"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(RequestLog, metrics=router_metrics, tracker=tracker),

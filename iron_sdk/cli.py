@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="offline demo against a local stand-in provider")
     _add_audit_parser(sub)
+    dash = sub.add_parser("dashboard", help="the dashboard on loopback, for library mode "
+                                            "(the router serves it at /ui)")
+    dash.add_argument("--port", type=int, default=8090)
     return parser
 
 
@@ -127,6 +130,8 @@ def _run(args: argparse.Namespace) -> int:
         from iron_router.server import serve
 
         return serve(host=args.host, port=args.port, config_path=args.config)
+    if args.command == "dashboard":
+        return _dashboard(args.port)
     if args.command == "demo":
         from iron_sdk.demo import main as demo
 
@@ -173,6 +178,17 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         ledger.close()
+
+
+def _dashboard(port: int) -> int:
+    """``iron-runtime dashboard``: reads this home's ledger and audit log (``[router]``)."""
+    try:
+        from iron_router.dashboard.standalone import serve
+    except ModuleNotFoundError as exc:
+        print(f"error: the dashboard needs the router extra (pip install 'iron-sdk[router]'): "
+              f"{exc.name} is missing", file=sys.stderr)
+        return 2
+    return serve(port)
 
 
 def _rotate(config: RuntimeConfig, *, grace_s: float) -> int:

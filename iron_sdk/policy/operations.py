@@ -4,13 +4,17 @@ data."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from iron_sdk.errors import InvalidRequestError
+from iron_sdk.errors import MICRO, InvalidRequestError
 from iron_sdk.policy.effective import effective
 from iron_sdk.policy.model import Policy, scope_of
 from iron_sdk.policy.store import PolicyStore, TokenRecord
+
+if TYPE_CHECKING:
+    from iron_sdk.ledger.base import Ledger, ScopeState
 
 
 def layers_for(store: PolicyStore, scope: str) -> dict[str, Policy]:
@@ -59,6 +63,28 @@ def set_disabled(store: PolicyStore, name: str, disabled: bool) -> dict[str, Any
     scope = scope_of(name)
     policy = store.set(scope, disabled=True) if disabled else store.clear(scope, ["disabled"])
     return {"scope": scope, "disabled": bool(policy.disabled)}
+
+
+def set_budget(ledger: Ledger, name: str, amount: Any, *, period: Any = None,
+               tz: Any = None) -> tuple[int | None, dict[str, str], ScopeState]:
+    """Set a scope's budget to ``amount`` USD (0 or less removes it), optionally with a
+    ``period`` (total, daily, weekly, monthly) and ``tz``, on ledgers that have periods.
+    Returns the limit in micro-dollars, the period fields given and the scope's new state."""
+    if type(amount) not in (int, float) or not math.isfinite(amount) or abs(amount) > 1e9:
+        raise InvalidRequestError("'usd' must be a number (0 or less removes the limit).")
+    extra = {k: v for k, v in (("period", period), ("tz", tz)) if v is not None}
+    if any(not isinstance(v, str) for v in extra.values()):
+        raise InvalidRequestError("'period' and 'tz' must be strings.")
+    scope = scope_of(name)
+    limit = round(amount * MICRO) if amount > 0 else None
+    try:
+        ledger.set_limit(scope, limit, **extra)
+    except TypeError:  # a ledger without periodic budgets
+        raise InvalidRequestError(
+            "This ledger has lifetime budgets only; drop 'period' and 'tz'.") from None
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    return limit, extra, ledger.state(scope)
 
 
 def token_id(token_or_id: str) -> str:
