@@ -15,6 +15,7 @@ from iron_sdk.config import BudgetConfig
 from iron_sdk.errors import BudgetExceededError
 from iron_sdk.ledger import Ledger, MemoryLedger, ScopeState, SQLiteLedger, UsageRow, open_ledger
 from iron_sdk.ledger.leases import LeaseKeeper
+from iron_sdk.request import LlmRequest
 
 AGENT, GLOBAL = "agent:bot", "global"
 
@@ -134,16 +135,16 @@ def test_runtime_holds_the_lease_of_each_call_in_flight(tmp_path: Path, clock: C
         rt.ledger.set_limit("agent:bot", 10**9)
         keeper = rt.pm.get_plugin("iron.budget").leases
         session = rt.open_session("bot")
-        call = rt.begin_call(session, model="m", messages=[{"role": "user", "content": "hi"}],
-                             max_tokens=10)
+        call = rt.begin_call(session, LlmRequest.chat(
+            "m", [{"role": "user", "content": "hi"}], max_tokens=10))
         assert keeper.held() == {call.call_id: 30.0}
         clock.now += 25
         assert keeper.renew_now() == 1
         clock.now += 25
         rt.settle_call(call, Usage(input_tokens=3, output_tokens=2))
         assert keeper.held() == {}
-        failed = rt.begin_call(session, model="m", messages=[{"role": "user", "content": "x"}],
-                               max_tokens=10)
+        failed = rt.begin_call(session, LlmRequest.chat(
+            "m", [{"role": "user", "content": "x"}], max_tokens=10))
         rt.fail_call(failed, RuntimeError("boom"))
         assert keeper.held() == {}
         rt.flush()
