@@ -52,11 +52,22 @@ def bench_client_calls() -> dict[str, float]:
         client = openai.OpenAI(base_url=provider.url, api_key="sk-bench", max_retries=0)
         messages = [{"role": "user", "content": "Summarise the plan in one line."}]
 
-        def bare() -> None:
+        def call() -> None:
             client.chat.completions.create(model="gpt-4o-mini", messages=messages,
                                            max_tokens=32)
 
-        protected = protect_agent(agent_id="bench")(bare)
+        protected = protect_agent(agent_id="bench")(call)
+        # The bare call bypasses the governed method (a call outside every protected
+        # function is governed too): the openai client's own create.
+        from iron_openai.wrappers import patches
+        from openai.resources.chat.completions import Completions
+
+        create = patches.original(Completions, "create")
+
+        def bare() -> None:
+            create(client.chat.completions, model="gpt-4o-mini", messages=messages,
+                   max_tokens=32)
+
         for _ in range(200):  # warm up connections, tokenizer, price map, statements
             bare()
             protected()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,10 +16,20 @@ if TYPE_CHECKING:
     from iron_sdk.session import Session
 
 
+_ID_KEY = os.urandom(32)
+_id_counter = itertools.count()
+_id_pid = os.getpid()
+
+
 def new_id() -> str:
-    """128 random bits: session, call and tool ids are unguessable, so an id alone never
-    lets another client act on what it names."""
-    return os.urandom(16).hex()
+    """128 unguessable bits: session, call and tool ids are a keyed hash (BLAKE2b, a PRF)
+    of a counter under a random key of this process, so an id alone never lets another
+    client act on what it names (and no system call is made per id)."""
+    global _ID_KEY, _id_pid
+    if os.getpid() != _id_pid:  # a forked child must not repeat its parent's ids
+        _ID_KEY, _id_pid = os.urandom(32), os.getpid()
+    return hashlib.blake2b(next(_id_counter).to_bytes(8, "little"), key=_ID_KEY,
+                           digest_size=16).hexdigest()
 
 
 @dataclass(slots=True)

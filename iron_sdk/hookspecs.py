@@ -50,6 +50,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from iron_sdk.call import LlmCall, ToolCall
+    from iron_sdk.config import SafetyConfig
     from iron_sdk.events import Event
     from iron_sdk.interface import GovernanceRuntime
     from iron_sdk.pricing import ModelPrice
@@ -173,11 +174,16 @@ def iron_model_price(model: str) -> ModelPrice | None:
 
 
 @hookspec
-def iron_detect(text: str) -> list[Finding] | None:
+def iron_detect(text: str, config: SafetyConfig) -> list[Finding] | None:
     """Extra PII/secret detectors (e.g. an NER model), run on every text of a request.
 
+    :param text: one text of the request (see :mod:`iron_sdk.request`).
+    :param config: the session's :class:`~iron_sdk.config.SafetyConfig` (e.g. the NER
+        plugin runs only with ``config.ner``).
+
     Return findings (kind, start, end) to have them handled by the safety policy like
-    the built-in ones. Raising blocks the call (safety fails closed).
+    the built-in ones (allow-lists apply). Raising blocks the call (safety fails closed).
+    Runs where the policies run (the router in HTTP mode).
     """
 
 

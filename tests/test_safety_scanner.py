@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from iron_sdk.config import SafetyConfig
 from iron_sdk.safety.detectors import HOLDBACK
-from iron_sdk.safety.scanner import Scanner, current_config, scanner_for, using_config
+from iron_sdk.safety.scanner import Scanner, scanner_for
 from iron_sdk.safety.validators import iban_ok, luhn_ok
 
 
@@ -91,12 +91,10 @@ def test_bad_config_is_a_clear_validation_error(field, value, message) -> None:
         SafetyConfig(**{field: value})
 
 
-def test_current_config_is_set_only_inside_using_config() -> None:
-    cfg = SafetyConfig(ner=True)
-    assert current_config() is None
-    with using_config(cfg):
-        assert current_config() is cfg
-    assert current_config() is None
+def test_a_config_keeps_its_scanner() -> None:
+    cfg = SafetyConfig(allow={"a@b.example"})
+    assert scanner_for(cfg) is scanner_for(cfg)
+    assert scanner_for(SafetyConfig()) is not scanner_for(cfg)
 
 
 def test_validators() -> None:

@@ -14,7 +14,7 @@ from iron_sdk.errors import RuntimeUnavailableError, SafetyViolationError
 from iron_sdk.events import make_event
 from iron_sdk.hookspecs import hookimpl
 from iron_sdk.safety.detectors import Finding, redact, resolve
-from iron_sdk.safety.scanner import scanner_for, using_config
+from iron_sdk.safety.scanner import scanner_for
 
 if TYPE_CHECKING:
     from iron_sdk.call import LlmCall
@@ -39,9 +39,8 @@ class SafetyPolicy:
         extra_hook = self.runtime.pm.hook.iron_detect
         if extra_hook.get_hookimpls():  # only pay for the hook call when someone listens
             extras: list[Finding] = []
-            with using_config(cfg):  # plugins read it with iron_sdk.safety.current_config()
-                for extra in extra_hook(text=text):
-                    extras.extend(extra or ())
+            for extra in extra_hook(text=text, config=cfg):
+                extras.extend(extra or ())
             if extras:
                 found = resolve(found + scanner.keep(text, extras))
         return found

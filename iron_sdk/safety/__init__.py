@@ -10,8 +10,8 @@
 """
 
 from iron_sdk.safety.detectors import KINDS, Finding, placeholder, redact, scan
-from iron_sdk.safety.scanner import Scanner, current_config, scanner_for
+from iron_sdk.safety.scanner import Scanner, scanner_for
 from iron_sdk.safety.stream import StreamRedactor, ToolArgumentsRedactor
 
 __all__ = ["KINDS", "Finding", "Scanner", "StreamRedactor", "ToolArgumentsRedactor",
-           "current_config", "placeholder", "redact", "scan", "scanner_for"]
+           "placeholder", "redact", "scan", "scanner_for"]

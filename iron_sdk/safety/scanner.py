@@ -7,16 +7,12 @@ allow-lists applied and the offsets mapped back to the original text::
     findings = scanner.scan(text)
 
 Scanners are cached per config (configs are frozen and hashable), so the regexes compile once.
-Detector plugins (``iron_detect``) see the config in force through :func:`current_config`.
+Detector plugins (``iron_detect``) are given the config in force as an argument.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from iron_sdk.safety.detectors import HOLDBACK, KINDS, Finding, detect, resolve
@@ -28,29 +24,10 @@ if TYPE_CHECKING:
 
     from iron_sdk.config import SafetyConfig
 
-__all__ = ["Scanner", "current_config", "scanner_for", "using_config"]
+__all__ = ["Scanner", "scanner_for"]
 
 _BUILTIN = frozenset(KINDS)
 _MAX_HOLDBACK = 1024  # a custom pattern may ask a stream to hold back at most this much
-_CURRENT: ContextVar[SafetyConfig | None] = ContextVar("iron_safety_config", default=None)
-
-
-def current_config() -> SafetyConfig | None:
-    """The SafetyConfig of the scan in progress, for ``iron_detect`` plugins (e.g. NER reads
-    ``ner``); None outside a scan."""
-    return _CURRENT.get()
-
-
-@contextmanager
-def using_config(config: SafetyConfig) -> Iterator[None]:
-    """Make ``config`` the :func:`current_config` while detector plugins run."""
-    token = _CURRENT.set(config)
-    try:
-        yield
-    finally:
-        _CURRENT.reset(token)
-
-
 def _max_width(rx: re.Pattern[str]) -> int:
     """How many characters a match of ``rx`` can span (the built-in hold-back if unbounded)."""
     try:
@@ -124,7 +101,15 @@ class Scanner:
         return False
 
 
-@lru_cache(maxsize=64)
+_scanners: dict[int, Scanner] = {}
+
+
 def scanner_for(config: SafetyConfig) -> Scanner:
-    """The (cached) scanner of ``config``."""
-    return Scanner(config)
+    """The scanner of ``config``, built once per config object (a session's config lives
+    as long as the session: this is a dict lookup on every call)."""
+    scanner = _scanners.get(id(config))
+    if scanner is None or scanner.config is not config:
+        if len(_scanners) >= 256:
+            _scanners.clear()
+        scanner = _scanners[id(config)] = Scanner(config)
+    return scanner

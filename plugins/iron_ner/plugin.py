@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from iron_sdk.hookspecs import hookimpl
+from iron_sdk.integration import hookimpl
 from iron_sdk.safety.detectors import Finding
-from iron_sdk.safety.scanner import current_config
+
+if TYPE_CHECKING:
+    from iron_sdk.config import SafetyConfig
 
 log = logging.getLogger("iron_ner")
 _warned = False
 
 
 @hookimpl
-def iron_detect(text: str) -> list[Finding] | None:
-    config = current_config()
-    if config is None or not config.ner:
+def iron_detect(text: str, config: SafetyConfig) -> list[Finding] | None:
+    if not config.ner:
         return None
     from iron_ner.detector import NerUnavailableError, default_detector
 
