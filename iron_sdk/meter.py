@@ -58,13 +58,15 @@ def protocol_of(request: LlmRequest) -> Protocol:
 class Meter:
     """Settles one call exactly once; see the module docstring for the order."""
 
-    __slots__ = ("call", "parts", "usage", "done", "hide_usage", "protocol", "_observe")
+    __slots__ = ("call", "parts", "usage", "final", "done", "hide_usage", "protocol",
+                 "_observe")
 
     def __init__(self, call: LlmCall, *, hide_usage: bool = False,
                  protocol: Protocol | None = None) -> None:
         self.call = call
         self.parts: list[str] = []
         self.usage: Usage | None = None
+        self.final = False  # the usage is the provider's final count (not a stream's start)
         self.done = False
         self.hide_usage = hide_usage
         self.protocol: Protocol = protocol or protocol_of(call.request)
@@ -80,8 +82,15 @@ class Meter:
         if self.done:
             return
         self.done = True
-        if self.usage is not None:
-            self.call.session.runtime.settle_call(self.call, self.usage)
+        usage = self.usage
+        if usage is not None and not self.final and self.parts:
+            # left before the final counts (Anthropic's message_start reports input and
+            # 1 output token): the input as reported, the output generated so far counted
+            generated = count_text(self.call.model, "".join(self.parts))
+            if generated > usage.output_tokens:
+                usage.output_tokens, usage.counted = generated, True
+        if usage is not None:
+            self.call.session.runtime.settle_call(self.call, usage)
         else:
             settle_text(self.call, "".join(self.parts))
 
@@ -209,6 +218,7 @@ def _observe_openai(meter: Meter, chunk: Any) -> bool:
     usage = field_of(chunk, "usage")
     if usage is not None:
         meter.usage = usage_from_openai(usage)
+        meter.final = True
     choices = field_of(chunk, "choices") or ()
     for choice in choices:
         delta = field_of(choice, "delta")
@@ -238,7 +248,7 @@ def _observe_responses(meter: Meter, event: Any) -> bool:
     elif kind in ("response.completed", "response.incomplete", "response.failed"):
         usage = usage_from_openai(field_of(field_of(event, "response"), "usage"))
         if usage is not None:
-            meter.usage = usage
+            meter.usage, meter.final = usage, True
     return True
 
 
@@ -259,7 +269,7 @@ def _observe_anthropic(meter: Meter, event: Any) -> bool:
             if field_of(usage, "input_tokens") is not None:
                 base = usage_from_anthropic(usage) or base
             base.output_tokens = output
-            meter.usage = base
+            meter.usage, meter.final = base, True
     return True
 
 
