@@ -433,3 +433,68 @@ def test_stream_helper_both_modes(mode, provider, sync_client):  # noqa: F811
     assert "[EMAIL_REDACTED]" in provider.requests[0]["system"]
     state = mode.state(f"agent:claude-helper-{mode.name}")
     assert state.spent_micro == expected_micro(final.usage) > 0 and state.reserved_micro == 0
+
+
+# -- litellm on top: governed by the litellm plugin, once, with this plugin active ----------
+def test_litellm_anthropic_route_charged_once(runtime, provider, sync_client):
+    import litellm
+
+    @protect_agent(agent_id="claude-litellm")
+    def agent() -> int:
+        sync_client.messages.create(model=MODEL, max_tokens=8, messages=MSGS)  # instruments
+        opts = {"model": f"anthropic/{MODEL}", "api_base": _base(provider),
+                "api_key": "sk-ant-test-not-real", "max_tokens": 16}
+        litellm.completion(messages=[{"role": "user", "content": "Mail ann@corp.example"}],
+                           **opts)
+        list(litellm.completion(messages=MSGS, stream=True, **opts))
+        return current_session().calls
+
+    assert agent() == 3 == len(provider.requests)
+    assert "ann@corp.example" not in str(provider.requests[1]["messages"])
+    done = _completed(runtime, "claude-litellm")
+    assert sorted(e["source"] for e in done) == ["anthropic", "litellm", "litellm"]
+    assert _spent(runtime, "claude-litellm") == sum(e["cost_micro"] for e in done)
+
+
+# -- the beta resource and parse ----------------------------------------------------------
+def test_beta_create_and_stream_are_governed(runtime, provider, sync_client):
+    @protect_agent(agent_id="claude-beta")
+    def agent() -> tuple[Any, Any]:
+        reply = sync_client.beta.messages.create(
+            model=MODEL, max_tokens=16, betas=["context-1m-2025-08-07"],
+            messages=[{"role": "user", "content": "Mail ann@corp.example"}])
+        with sync_client.beta.messages.stream(model=MODEL, max_tokens=16,
+                                              messages=MSGS) as stream:
+            final = stream.get_final_message()
+        return reply, final
+
+    reply, final = agent()
+    assert provider.requests[0]["messages"][0]["content"] == "Mail [EMAIL_REDACTED]"
+    assert provider.headers[0]["anthropic-beta"] == "context-1m-2025-08-07"
+    want = expected_micro(reply.usage) + expected_micro(final.usage)
+    assert _spent(runtime, "claude-beta") == want > 0
+    assert len(_completed(runtime, "claude-beta")) == 2
+
+
+def test_parse_that_cannot_read_the_answer_still_pays(runtime, provider, sync_client):
+    """The provider answered (and bills) but the text is not the caller's type: the
+    reservation is charged, with a ``usage_missing`` event, never released."""
+    import pydantic
+
+    from iron_sdk.policies.audit import read_events
+
+    class Answer(pydantic.BaseModel):
+        text: str
+
+    @protect_agent(agent_id="claude-parse")
+    def agent() -> None:
+        sync_client.messages.parse(model=MODEL, max_tokens=16, output_format=Answer,
+                                   messages=MSGS)
+
+    with pytest.raises(pydantic.ValidationError):
+        agent()
+    assert len(provider.requests) == 1
+    [event] = _completed(runtime, "claude-parse")
+    assert _spent(runtime, "claude-parse") == event["cost_micro"] == event["reserved_micro"]
+    assert any(e["type"] == "usage_missing" and e.get("agent_id") == "claude-parse"
+               for e in read_events(runtime.config.home / "audit.jsonl"))

@@ -77,6 +77,19 @@ def _raw(result: Any) -> bool:
     return hasattr(result, "http_response") and hasattr(result, "parse")
 
 
+def _fail(call: LlmCall, error: BaseException) -> None:
+    """The client raised: released, unless the provider answered and only reading the
+    answer failed (``parse`` into the caller's type, a response the client could not
+    validate) — then it billed, and the reservation is charged, on the record."""
+    import anthropic
+    import pydantic
+
+    if isinstance(error, anthropic.APIResponseValidationError | pydantic.ValidationError):
+        settle_reserved(call)
+    else:
+        call.session.runtime.fail_call(call, error)
+
+
 # -- create / parse ---------------------------------------------------------------------
 def _wrap_sync(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
@@ -88,7 +101,7 @@ def _wrap_sync(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             result = original(self, *args, **call.request.body)
         except BaseException as exc:
-            call.session.runtime.fail_call(call, exc)
+            _fail(call, exc)
             raise
         if _raw(result) and call.stream:
             return MeteredResponse(result, meter)
@@ -106,7 +119,7 @@ def _wrap_async(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             result = await original(self, *args, **call.request.body)
         except BaseException as exc:
-            call.session.runtime.fail_call(call, exc)
+            _fail(call, exc)
             raise
         if _raw(result):
             if call.stream:
