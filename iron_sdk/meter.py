@@ -58,7 +58,7 @@ def protocol_of(request: LlmRequest) -> Protocol:
 class Meter:
     """Settles one call exactly once; see the module docstring for the order."""
 
-    __slots__ = ("call", "parts", "usage", "final", "done", "hide_usage", "protocol",
+    __slots__ = ("call", "parts", "usage", "partial", "done", "hide_usage", "protocol",
                  "_observe")
 
     def __init__(self, call: LlmCall, *, hide_usage: bool = False,
@@ -66,7 +66,7 @@ class Meter:
         self.call = call
         self.parts: list[str] = []
         self.usage: Usage | None = None
-        self.final = False  # the usage is the provider's final count (not a stream's start)
+        self.partial = False  # the usage is a stream's opening count, not its final one
         self.done = False
         self.hide_usage = hide_usage
         self.protocol: Protocol = protocol or protocol_of(call.request)
@@ -83,7 +83,7 @@ class Meter:
             return
         self.done = True
         usage = self.usage
-        if usage is not None and not self.final and self.parts:
+        if usage is not None and self.partial and self.parts:
             # left before the final counts (Anthropic's message_start reports input and
             # 1 output token): the input as reported, the output generated so far counted
             generated = count_text(self.call.model, "".join(self.parts))
@@ -218,7 +218,6 @@ def _observe_openai(meter: Meter, chunk: Any) -> bool:
     usage = field_of(chunk, "usage")
     if usage is not None:
         meter.usage = usage_from_openai(usage)
-        meter.final = True
     choices = field_of(chunk, "choices") or ()
     for choice in choices:
         delta = field_of(choice, "delta")
@@ -248,7 +247,7 @@ def _observe_responses(meter: Meter, event: Any) -> bool:
     elif kind in ("response.completed", "response.incomplete", "response.failed"):
         usage = usage_from_openai(field_of(field_of(event, "response"), "usage"))
         if usage is not None:
-            meter.usage, meter.final = usage, True
+            meter.usage = usage
     return True
 
 
@@ -261,6 +260,7 @@ def _observe_anthropic(meter: Meter, event: Any) -> bool:
             meter.parts.append(text)
     elif kind == "message_start":
         meter.usage = usage_from_anthropic(field_of(field_of(event, "message"), "usage"))
+        meter.partial = meter.usage is not None
     elif kind == "message_delta":  # the final counts (input repeated by newer APIs)
         usage = field_of(event, "usage")
         output = field_of(usage, "output_tokens") if usage is not None else None
@@ -269,7 +269,7 @@ def _observe_anthropic(meter: Meter, event: Any) -> bool:
             if field_of(usage, "input_tokens") is not None:
                 base = usage_from_anthropic(usage) or base
             base.output_tokens = output
-            meter.usage, meter.final = base, True
+            meter.usage, meter.partial = base, False
     return True
 
 
