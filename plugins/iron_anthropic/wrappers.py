@@ -205,6 +205,9 @@ class GovernedStreamManager:
         return self._manager
 
     def _metered(self, message_stream: Any) -> Any:
+        # The MessageStream reads its raw events lazily from ``_raw_stream`` (its only
+        # source: iteration, text_stream and get_final_message all go through it).
+        # tests/test_anthropic.py fails loudly if a client release renames it.
         if self._meter is not None:
             message_stream._raw_stream = MeteredStream(message_stream._raw_stream, self._meter)
         return message_stream
