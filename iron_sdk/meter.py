@@ -59,14 +59,15 @@ def protocol_of(request: LlmRequest) -> Protocol:
 class Meter:
     """Settles one call exactly once; see the module docstring for the order."""
 
-    __slots__ = ("call", "parts", "usage", "done", "hide_usage", "protocol", "guard",
-                 "_observe")
+    __slots__ = ("call", "parts", "usage", "partial", "done", "hide_usage", "protocol",
+                 "guard", "_observe")
 
     def __init__(self, call: LlmCall, *, hide_usage: bool = False,
                  protocol: Protocol | None = None) -> None:
         self.call = call
         self.parts: list[str] = []
         self.usage: Usage | None = None
+        self.partial = False  # the usage is a stream's opening count, not its final one
         self.done = False
         self.hide_usage = hide_usage
         self.protocol: Protocol = protocol or protocol_of(call.request)
@@ -103,8 +104,15 @@ class Meter:
         if self.done:
             return
         self.done = True
-        if self.usage is not None:
-            self.call.session.runtime.settle_call(self.call, self.usage)
+        usage = self.usage
+        if usage is not None and self.partial and self.parts:
+            # left before the final counts (Anthropic's message_start reports input and
+            # 1 output token): the input as reported, the output generated so far counted
+            generated = count_text(self.call.model, "".join(self.parts))
+            if generated > usage.output_tokens:
+                usage.output_tokens, usage.counted = generated, True
+        if usage is not None:
+            self.call.session.runtime.settle_call(self.call, usage)
         else:
             settle_text(self.call, "".join(self.parts))
         if self.guard is not None:
@@ -280,6 +288,7 @@ def _observe_anthropic(meter: Meter, event: Any) -> bool:
             meter.parts.append(text)
     elif kind == "message_start":
         meter.usage = usage_from_anthropic(field_of(field_of(event, "message"), "usage"))
+        meter.partial = meter.usage is not None
     elif kind == "message_delta":  # the final counts (input repeated by newer APIs)
         usage = field_of(event, "usage")
         output = field_of(usage, "output_tokens") if usage is not None else None
@@ -288,7 +297,7 @@ def _observe_anthropic(meter: Meter, event: Any) -> bool:
             if field_of(usage, "input_tokens") is not None:
                 base = usage_from_anthropic(usage) or base
             base.output_tokens = output
-            meter.usage = base
+            meter.usage, meter.partial = base, False
     return True
 
 

@@ -8,8 +8,10 @@ contacted. Standard library only (``--fast`` serves under uvicorn, for benchmark
 Also Anthropic's ``/v1/messages`` (plain and streamed), so translating routes (litellm)
 can be exercised offline.
 
-Knobs: a model named ``fail-<status>`` answers with that HTTP status; ``echo-key``
-answers 401 quoting the API key it was sent (as some providers do).
+Knobs: ``cached_tokens`` (and, for ``/v1/messages``, ``cache_write_tokens``) make every
+answer report that many cache reads (writes); a model named ``fail-<status>`` answers
+with that HTTP status; ``echo-key`` answers 401 quoting the API key it was sent (as some
+providers do).
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ class StandInProvider:
     """``with StandInProvider() as provider: provider.url`` → ``http://127.0.0.1:PORT/v1``."""
 
     def __init__(self, *, reply_words: int = 12, stream_usage: bool = True,
-                 cached_tokens: int = 0, chunk_delay_s: float = 0.0, port: int = 0) -> None:
+                 cached_tokens: int = 0, cache_write_tokens: int = 0, chunk_delay_s: float = 0.0,
+                 port: int = 0) -> None:
         self.reply_words = reply_words
         self.stream_usage = stream_usage  # False: never send a usage chunk
         self.cached_tokens = cached_tokens
+        self.cache_write_tokens = cache_write_tokens  # Anthropic's cache_creation_input_tokens
         self.chunk_delay_s = chunk_delay_s
         # A fixed answer instead of the words (streamed 7 characters a chunk, so a value in
         # it is split over chunks): what response scanning is tested with.
@@ -280,6 +284,9 @@ class _Handler(BaseHTTPRequestHandler):
         if system:
             messages.insert(0, {"role": "system", "content": system})
         usage = {"input_tokens": prompt_tokens(messages), "output_tokens": len(words)}
+        if owner.cached_tokens or owner.cache_write_tokens:  # not part of input_tokens
+            usage.update(cache_read_input_tokens=owner.cached_tokens,
+                         cache_creation_input_tokens=owner.cache_write_tokens)
         message = {"id": "msg_standin", "type": "message", "role": "assistant",
                    "model": body.get("model"), "content": [], "stop_reason": None,
                    "stop_sequence": None}
@@ -293,7 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         def events() -> Any:
             yield send("message_start", {"message": {
-                **message, "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}})
+                **message, "usage": {**usage, "output_tokens": 1}}})
             yield send("content_block_start", {"index": 0,
                                                "content_block": {"type": "text", "text": ""}})
             for word in words:

@@ -1,4 +1,5 @@
-"""The offline demo and the OpenAI-client example run end to end as a user runs them."""
+"""The offline demo and the OpenAI- and Anthropic-client examples run end to end as a user
+runs them."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ def test_openai_client_example(tmp_path):
     calls = re.findall(r"call \d+: spent", out)
     requests = int(re.search(r"provider saw (\d+) requests", out)[1])
     assert len(calls) == requests  # every request that left was charged, none after the stop
+
+
+def test_anthropic_client_example(tmp_path):
+    out = _run(["examples/anthropic_client.py"], tmp_path)
+    assert "provider received: My invoice is wrong, reach me at [EMAIL_REDACTED]" in out
+    assert "ann@example.com" not in out.split("provider received:")[1]
+    assert re.search(r"streamed reply charged \$0\.0000[1-9]", out)
+    assert re.search(r"budget stop: session:claude-support limit \$0\.001000", out)
+    calls = re.findall(r"call \d+: spent", out)
+    requests = int(re.search(r"provider saw (\d+) requests", out)[1])
+    assert len(calls) + 1 == requests  # + the streamed one; none sent after the stop
 
 
 def test_demo(tmp_path):

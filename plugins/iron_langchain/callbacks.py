@@ -8,9 +8,10 @@ governs code outside any protected function with a session of its own.
 Who governs — and charges, once — each model request:
 
 * Chat models built on the openai client (``ChatOpenAI``, ``AzureChatOpenAI``, every
-  ``BaseChatOpenAI`` subclass), inside a protected function: the openai-client plugin, at
-  the client. It blocks, redacts the prompt and charges the provider's exact usage (for
-  streams too: it asks for the usage chunk). This handler leaves those runs alone.
+  ``BaseChatOpenAI`` subclass) or the anthropic client (``ChatAnthropic``), inside a
+  protected function: that client's plugin, at the client. It blocks, redacts the prompt
+  and charges the provider's exact usage (for streams too). This handler leaves those
+  runs alone.
 * Every other model run (other providers, legacy completion LLMs such as
   ``langchain_openai.OpenAI``, custom models; and ChatOpenAI under a handler with its
   own session, where the client plugin is not active): this handler. The request
@@ -33,10 +34,12 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from iron_anthropic import instrument as instrument_anthropic
 from iron_openai import instrument as instrument_openai
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
@@ -281,36 +284,44 @@ _starting: ContextVar[tuple[int, tuple[UUID, ...]] | None] = ContextVar(
     "iron_langchain_starting", default=None)
 
 
-# -- which chat models the openai-client plugin governs ---------------------------------
-_client_governed_ids: dict[tuple[str, ...], bool] = {}
+# -- which models a client plugin (openai, anthropic) governs ----------------------------
+# The LangChain base classes built on each client, by module, and that client's plugin.
+_CLIENT_MODELS: tuple[tuple[str, str, str], ...] = (
+    ("langchain_openai.chat_models.base", "BaseChatOpenAI", "openai"),
+    ("langchain_openai.llms.base", "BaseOpenAI", "openai"),
+    ("langchain_anthropic.chat_models", "ChatAnthropic", "anthropic"),
+    ("langchain_anthropic.llms", "AnthropicLLM", "anthropic"),
+)
+_INSTRUMENT: dict[str, Callable[[], None]] = {
+    "openai": instrument_openai, "anthropic": instrument_anthropic}
+_client_governed_ids: dict[tuple[str, ...], str | None] = {}
 
 
 def _client_governed(serialized: dict[str, Any]) -> bool:
-    """True for runs of a model built on the openai client, recognised by the class id
-    LangChain serializes the model under (cached per class)."""
+    """True for runs of a model built on the openai or anthropic client, recognised by the
+    class id LangChain serializes the model under (cached per class)."""
     ident = tuple(serialized.get("id") or ())
-    known = _client_governed_ids.get(ident)
-    if known is None:
-        known = _client_governed_ids[ident] = ident in _openai_chat_ids()
-    if known:
-        instrument_openai()  # idempotent: the delegate is in place (openai imported late)
-    return known
+    if ident not in _client_governed_ids:
+        _client_governed_ids[ident] = _client_chat_ids().get(ident)
+    client = _client_governed_ids[ident]
+    if client is not None:
+        _INSTRUMENT[client]()  # idempotent: the delegate is in place (client imported late)
+    return client is not None
 
 
-def _openai_chat_ids() -> set[tuple[str, ...]]:
-    """Every id LangChain may serialize a model built on the openai client under
-    (``BaseChatOpenAI`` and the legacy ``BaseOpenAI`` subclasses)."""
-    chat = sys.modules.get("langchain_openai.chat_models.base")
-    legacy = sys.modules.get("langchain_openai.llms.base")
-    todo: list[type] = [m for m in (getattr(chat, "BaseChatOpenAI", None),
-                                    getattr(legacy, "BaseOpenAI", None)) if m is not None]
-    ids: set[tuple[str, ...]] = set()
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        ids.add((*cls.__module__.split("."), cls.__name__))  # not lc-serializable
-        if cls.is_lc_serializable():  # type: ignore[attr-defined]
-            ids.add(tuple(cls.lc_id()))  # type: ignore[attr-defined]
+def _client_chat_ids() -> dict[tuple[str, ...], str]:
+    """Every id LangChain may serialize a model built on a governed client under (the
+    subclasses of ``_CLIENT_MODELS``), with the client's name."""
+    ids: dict[tuple[str, ...], str] = {}
+    for module, name, client in _CLIENT_MODELS:
+        base = getattr(sys.modules.get(module), name, None)
+        todo: list[type] = [base] if base is not None else []
+        while todo:
+            cls = todo.pop()
+            todo.extend(cls.__subclasses__())
+            ids[(*cls.__module__.split("."), cls.__name__)] = client  # not lc-serializable
+            if cls.is_lc_serializable():  # type: ignore[attr-defined]
+                ids[tuple(cls.lc_id())] = client  # type: ignore[attr-defined]
     return ids
 
 
