@@ -218,11 +218,13 @@ def test_provider_error_releases_the_reservation(iron_home, provider, sync_clien
         rt.close()
 
 
-def test_count_tokens_and_calls_outside_are_untouched(runtime, provider, sync_client):
+def test_count_tokens_is_untouched_and_calls_outside_are_governed(runtime, provider, sync_client):
     reply = sync_client.messages.create(model=MODEL, max_tokens=16, messages=[
-        {"role": "user", "content": "outside ann@corp.example"}])  # no session: not governed
+        {"role": "user", "content": "outside ann@corp.example"}])  # the outside session
     assert reply.usage.output_tokens > 0
-    assert provider.requests[-1]["messages"][0]["content"].endswith("ann@corp.example")
+    assert provider.requests[-1]["messages"][0]["content"] == "outside [EMAIL_REDACTED]"
+    runtime.flush()
+    assert runtime.ledger.state("agent:unattributed").spent_micro > 0
 
     @protect_agent(agent_id="claude-count")
     def agent() -> int:

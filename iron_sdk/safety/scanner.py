@@ -101,15 +101,21 @@ class Scanner:
         return False
 
 
-_scanners: dict[int, Scanner] = {}
+_by_id: dict[int, Scanner] = {}
+_by_value: dict[SafetyConfig, Scanner] = {}
 
 
 def scanner_for(config: SafetyConfig) -> Scanner:
-    """The scanner of ``config``, built once per config object (a session's config lives
-    as long as the session: this is a dict lookup on every call)."""
-    scanner = _scanners.get(id(config))
-    if scanner is None or scanner.config is not config:
-        if len(_scanners) >= 256:
-            _scanners.clear()
-        scanner = _scanners[id(config)] = Scanner(config)
+    """The scanner of ``config``, built once per distinct config; the object a session
+    holds is found by identity (a dict lookup on every call, no hashing of the model)."""
+    scanner = _by_id.get(id(config))
+    if scanner is not None and scanner.config is config:
+        return scanner
+    if len(_by_id) >= 256:
+        _by_id.clear()
+        _by_value.clear()
+    scanner = _by_value.get(config)
+    if scanner is None:
+        scanner = _by_value[config] = Scanner(config)
+    _by_id[id(config)] = scanner
     return scanner
