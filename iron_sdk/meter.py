@@ -60,7 +60,7 @@ class Meter:
     """Settles one call exactly once; see the module docstring for the order."""
 
     __slots__ = ("call", "parts", "usage", "partial", "done", "hide_usage", "protocol",
-                 "guard", "_observe")
+                 "guard", "log_answer", "_observe")
 
     def __init__(self, call: LlmCall, *, hide_usage: bool = False,
                  protocol: Protocol | None = None) -> None:
@@ -72,9 +72,12 @@ class Meter:
         self.hide_usage = hide_usage
         self.protocol: Protocol = protocol or protocol_of(call.request)
         self._observe = _OBSERVERS[self.protocol]
-        # What the model answers is scanned too (SafetyConfig.response).
+        # What the model answers is scanned too (SafetyConfig.response): redacted or
+        # blocked as it streams, or (``log``) scanned once whole when the call settles.
+        action = call.session.safety.response
+        self.log_answer = action == "log"
         self.guard: ResponseGuard | None = None
-        if call.session.safety.response != "off":
+        if action in ("redact", "block"):
             from iron_sdk.safety.response import ResponseGuard
 
             self.guard = ResponseGuard(call)
@@ -117,6 +120,8 @@ class Meter:
             settle_text(self.call, "".join(self.parts))
         if self.guard is not None:
             self.guard.done()  # report what the answer contained
+        elif self.log_answer and self.parts:
+            _log_answer(self.call, "".join(self.parts))
 
     def fail(self, error: BaseException) -> None:
         """The stream failed: generated tokens are billed, else the call is released."""
@@ -144,7 +149,13 @@ class Meter:
             return False
         self.done = True
         settle_response(self.call, result, self.protocol)
-        return self.guard.answer(result, self.protocol) if self.guard is not None else False
+        if self.guard is not None:
+            return self.guard.answer(result, self.protocol)
+        if self.log_answer:
+            text = response_text(result, self.protocol)
+            if text:
+                _log_answer(self.call, text)
+        return False
 
 
 def settle_response(call: LlmCall, result: Any, protocol: Protocol | None = None) -> None:
@@ -160,6 +171,12 @@ def settle_response(call: LlmCall, result: Any, protocol: Protocol | None = None
         settle_reserved(call)
     else:
         settle_text(call, text)
+
+
+def _log_answer(call: LlmCall, text: str) -> None:
+    from iron_sdk.safety.response import log_answer
+
+    log_answer(call, text)
 
 
 def settle_text(call: LlmCall, text: str) -> None:

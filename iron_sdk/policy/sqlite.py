@@ -29,7 +29,7 @@ from iron_sdk.policy.store import (
     window_decision,
 )
 
-CHECK_EVERY_S = 0.005
+CHECK_EVERY_S = 0.25  # a CLI change is seen within 1 s; the hot path rarely asks SQLite
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS policy_fields (

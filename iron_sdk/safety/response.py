@@ -13,8 +13,8 @@ completion chunks, Responses events, Anthropic events; objects or dicts):
 - ``block``: as ``redact``, and the answer is refused with
   :class:`~iron_sdk.errors.SafetyViolationError` once something is found (a stream ends
   there; what was generated is still charged);
-- ``log``: nothing is changed or held; the kinds found are recorded once the answer is
-  complete.
+- ``log`` (the default): nothing is changed or held; the answer's text is scanned once
+  when the call settles (:func:`log_answer`, no guard per chunk).
 
 Every answer with findings emits one ``response_pii_detected`` event (kinds, never
 values).
@@ -42,6 +42,17 @@ def _set(obj: Any, name: str, value: Any) -> None:
         obj[name] = value
     else:
         setattr(obj, name, value)
+
+
+def log_answer(call: LlmCall, text: str) -> None:
+    """``response="log"``: record the kinds a complete answer's text contains (one scan,
+    nothing changed or held)."""
+    kinds = Counter(f.kind for f in scanner_for(call.session.safety).scan(text))
+    if kinds:
+        call.session.runtime.emit(make_event(
+            "response_pii_detected", call_id=call.call_id, agent_id=call.agent_id,
+            session_id=call.session.session_id, model=call.model, kinds=dict(kinds),
+            action="log"))
 
 
 Key = tuple[Any, str, Any]  # (choice index / block index / item id, field, tool index)
