@@ -34,19 +34,22 @@ EMBEDDING_PARAMS = frozenset({"dimensions", "encoding_format", "user"})
 
 
 class UpstreamError(Exception):
-    """The provider answered with an error status (``status_code``) or not at all."""
+    """The provider answered with an error status (``status_code``) or not at all.
+    ``deployment`` names the deployment it counts against (the router's own breakers,
+    not the per-model circuit of :class:`~iron_sdk.policies.reliability.ReliabilityPolicy`)."""
 
-    def __init__(self, status_code: int | None, message: str) -> None:
+    def __init__(self, status_code: int | None, message: str, deployment: str = "") -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.deployment = deployment
 
 
 class UpstreamUnreachable(Exception):
     """No answer from the provider: connection refused, dropped, or timed out. Carries
     the cause's class name only (an httpx error's text can hold a URL)."""
 
-    def __init__(self, cause: Exception) -> None:
-        self.cause = type(cause).__name__
+    def __init__(self, cause: Exception | str) -> None:
+        self.cause = cause if isinstance(cause, str) else type(cause).__name__
         self.timeout = "Timeout" in self.cause
         super().__init__(self.cause)
 
@@ -80,8 +83,12 @@ class Upstream:
         and header merging, cookies, hooks: about a quarter of httpx's cost per call)."""
         if self._client is None:
             httpx = _httpx()
-            t = self.settings.upstream_timeout_s
-            timeout = httpx.Timeout(t, connect=min(t, 10.0), pool=min(t, 60.0))
+            s = self.settings
+            t = s.upstream_timeout_s
+            # read: the answer's first byte (a plain answer comes all at once); the gap
+            # between stream chunks is watched by the router (idle_timeout_s).
+            timeout = httpx.Timeout(min(t, 60.0), connect=min(t, s.connect_timeout_s),
+                                    read=min(t, s.first_byte_timeout_s), pool=min(t, 60.0))
             self._extensions = {"timeout": timeout.as_dict()}
             limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200,
                                   keepalive_expiry=30.0)
@@ -172,6 +179,7 @@ class Upstream:
                            messages: list[dict[str, Any]], stream: bool) -> Any:
         litellm = await self.litellm()
         kwargs = {**route.params, **{k: v for k, v in body.items() if k in CHAT_PARAMS}}
+        kwargs.setdefault("timeout", self.settings.upstream_timeout_s)
         if stream:
             kwargs["stream"] = True
             kwargs["stream_options"] = {"include_usage": True}
@@ -183,6 +191,7 @@ class Upstream:
     async def litellm_embedding(self, route: Route, body: dict[str, Any], inputs: Any) -> Any:
         litellm = await self.litellm()
         kwargs = {**route.params, **{k: v for k, v in body.items() if k in EMBEDDING_PARAMS}}
+        kwargs.setdefault("timeout", self.settings.upstream_timeout_s)
         with outer_governed():
             return await litellm.aembedding(
                 model=route.model, input=inputs, api_base=route.api_base,

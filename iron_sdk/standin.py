@@ -8,8 +8,11 @@ contacted. Standard library only (``--fast`` serves under uvicorn, for benchmark
 Also Anthropic's ``/v1/messages`` (plain and streamed), so translating routes (litellm)
 can be exercised offline.
 
-Knobs: a model named ``fail-<status>`` answers with that HTTP status; ``echo-key``
-answers 401 quoting the API key it was sent (as some providers do).
+Knobs, opt-in by model name: ``fail-<status>`` answers with that HTTP status (``fail-429``
+adds ``Retry-After: 1``); ``echo-key`` answers 401 quoting the API key it was sent (as
+some providers do); ``hang`` never answers (until the stand-in stops); ``slow-<ms>``
+answers normally after ``<ms>`` milliseconds (a slow first byte); ``stall-<n>`` streams
+``n`` words, then goes silent without ending the stream.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class StandInProvider:
         self.completed_streams = 0
         self.abandoned_streams = 0  # streams whose reader went away before the end
         self._lock = threading.Lock()
+        self.stopping = threading.Event()
         provider = self
 
         class Handler(_Handler):
@@ -69,6 +73,7 @@ class StandInProvider:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()  # releases ``hang`` and ``stall-<n>`` handlers
         self.server.shutdown()
         self.server.server_close()
 
@@ -125,9 +130,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
-    def _json(self, status: int, payload: dict[str, Any]) -> None:
+    def _json(self, status: int, payload: dict[str, Any],
+              headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -156,8 +164,19 @@ class _Handler(BaseHTTPRequestHandler):
         elif model.startswith("fail-"):
             status = int(model.removeprefix("fail-") or 500)
             self._json(status, {"error": {"message": f"stand-in failure {status}",
-                                          "type": "server_error", "code": str(status)}})
-        elif path.endswith("/embeddings"):
+                                          "type": "server_error", "code": str(status)}},
+                       {"Retry-After": "1"} if status == 429 else None)
+        elif model == "hang":
+            self.owner.stopping.wait()
+            self.close_connection = True
+        elif model.startswith("slow-"):
+            self.owner.stopping.wait(int(model.removeprefix("slow-") or 1000) / 1000)
+            self._answer(path, body)
+        else:
+            self._answer(path, body)
+
+    def _answer(self, path: str, body: dict[str, Any]) -> None:
+        if path.endswith("/embeddings"):
             self._embeddings(body)
         elif path.endswith("/chat/completions"):
             if body.get("stream"):
@@ -257,7 +276,12 @@ class _Handler(BaseHTTPRequestHandler):
 
             yield event("response.created", response={**response, "status": "in_progress",
                                                        "output": [], "usage": None})
-            for word in words:
+            model = str(body.get("model", ""))
+            stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
+            for i, word in enumerate(words):
+                if i == stall:
+                    owner.stopping.wait()
+                    return
                 if owner.chunk_delay_s:
                     time.sleep(owner.chunk_delay_s)
                 yield event("response.output_text.delta", item_id="msg_standin",
@@ -291,7 +315,12 @@ class _Handler(BaseHTTPRequestHandler):
                 **message, "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}})
             yield send("content_block_start", {"index": 0,
                                                "content_block": {"type": "text", "text": ""}})
-            for word in words:
+            model = str(body.get("model", ""))
+            stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
+            for i, word in enumerate(words):
+                if i == stall:
+                    owner.stopping.wait()
+                    return
                 if owner.chunk_delay_s:
                     time.sleep(owner.chunk_delay_s)
                 yield send("content_block_delta", {"index": 0,
@@ -326,7 +355,12 @@ class _Handler(BaseHTTPRequestHandler):
         def events() -> Any:
             yield send({**base, "choices": [{"index": 0, "finish_reason": None,
                                              "delta": {"role": "assistant", "content": ""}}]})
-            for word in words:
+            model = str(body.get("model", ""))
+            stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
+            for i, word in enumerate(words):
+                if i == stall:
+                    owner.stopping.wait()
+                    return
                 if owner.chunk_delay_s:
                     time.sleep(owner.chunk_delay_s)
                 yield send({**base, "choices": [{"index": 0, "delta": {"content": word},

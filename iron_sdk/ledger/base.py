@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from iron_sdk.errors import BudgetExceededError, RuntimeUnavailableError, usd
+from iron_sdk.errors import BudgetExceededError, LedgerUnavailableError, usd
 
 
-class LedgerError(RuntimeUnavailableError):
+class LedgerError(LedgerUnavailableError):
     """The ledger's storage failed; the caller applies its fail-open/closed policy."""
 
 
