@@ -12,7 +12,9 @@ Knobs, opt-in by model name: ``fail-<status>`` answers with that HTTP status (``
 adds ``Retry-After: 1``); ``echo-key`` answers 401 quoting the API key it was sent (as
 some providers do); ``hang`` never answers (until the stand-in stops); ``slow-<ms>``
 answers normally after ``<ms>`` milliseconds (a slow first byte); ``stall-<n>`` streams
-``n`` words, then goes silent without ending the stream.
+``n`` words, then goes silent without ending the stream. ``provider.force = "fail-500"``
+(any of these names) makes every request behave so, whatever model it names: a
+deployment that fails on command.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class StandInProvider:
         self.abandoned_streams = 0  # streams whose reader went away before the end
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self.force: str | None = None  # a knob model name applied to every request
         provider = self
 
         class Handler(_Handler):
@@ -154,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         body = json.loads(raw or b"{}")
         self.owner._record(body, {k.lower(): v for k, v in self.headers.items()}, raw)
-        model = str(body.get("model", ""))
+        model = self.owner.force or str(body.get("model", ""))
         path = self.path.split("?", 1)[0]  # Azure-style ?api-version=... URLs
         if model == "echo-key":  # like providers that quote a wrong key back
             key = self.headers.get("Authorization") or self.headers.get("x-api-key") or ""
@@ -276,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
 
             yield event("response.created", response={**response, "status": "in_progress",
                                                        "output": [], "usage": None})
-            model = str(body.get("model", ""))
+            model = owner.force or str(body.get("model", ""))
             stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
             for i, word in enumerate(words):
                 if i == stall:
@@ -315,7 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
                 **message, "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}})
             yield send("content_block_start", {"index": 0,
                                                "content_block": {"type": "text", "text": ""}})
-            model = str(body.get("model", ""))
+            model = owner.force or str(body.get("model", ""))
             stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
             for i, word in enumerate(words):
                 if i == stall:
@@ -355,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
         def events() -> Any:
             yield send({**base, "choices": [{"index": 0, "finish_reason": None,
                                              "delta": {"role": "assistant", "content": ""}}]})
-            model = str(body.get("model", ""))
+            model = owner.force or str(body.get("model", ""))
             stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
             for i, word in enumerate(words):
                 if i == stall:
