@@ -221,7 +221,11 @@ async def _attempts(st: RouterState, ex: Exchange, raw: bytes, hide_usage: bool,
         meter = Meter(ex.call, hide_usage=hide_usage)
         try:
             return await attempt(st, ex, route, raw, meter)
-        except AttemptFailed as failed:
+        except BaseException as exc:
+            if not isinstance(exc, AttemptFailed):
+                ex.plan.abandon(route)  # cancelled (client gone) or a bug: no verdict
+                raise
+            failed = exc
             if failed.counts:
                 ex.plan.failed(route)
             else:
