@@ -5,6 +5,7 @@ Transport only: metering is :mod:`iron_sdk.meter`'s, SSE framing :mod:`iron_rout
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from iron_router.config import Route, RouterSettings
 
 log = logging.getLogger("iron_router")
+_POOLS = 4  # connection pools to OpenAI-compatible upstreams (see Upstream.client)
 _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy",
                     "all_proxy")
 
@@ -71,6 +73,8 @@ class Upstream:
         self._extensions: dict[str, Any] = {}
         self._client: httpx.AsyncClient | None = None
         self._pool: httpx.AsyncHTTPTransport | None = None
+        self._pools: list[httpx.AsyncHTTPTransport] = []
+        self._turn = itertools.count()
         self._headers: dict[str | None, httpx.Headers] = {}
         self._urls: dict[str, httpx.URL] = {}
         self._litellm: asyncio.Future[Any] | None = None
@@ -95,7 +99,13 @@ class Upstream:
             if any(os.environ.get(name) for name in _PROXY_VARIABLES):
                 self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
             else:
-                self._pool = httpx.AsyncHTTPTransport(limits=limits)
+                # httpcore's pool walks all its connections (a poll() each) on every
+                # request: several smaller pools cost a fraction of one big one.
+                shard = httpx.Limits(max_connections=1000 // _POOLS,
+                                     max_keepalive_connections=200 // _POOLS,
+                                     keepalive_expiry=30.0)
+                self._pools = [httpx.AsyncHTTPTransport(limits=shard) for _ in range(_POOLS)]
+                self._pool = self._pools[0]
                 self._client = httpx.AsyncClient(timeout=timeout, transport=self._pool)
         return self._client
 
@@ -131,7 +141,8 @@ class Upstream:
             if self._pool is None:
                 response = await client.send(request, stream=True)
             else:
-                response = await self._pool.handle_async_request(request)
+                pool = self._pools[next(self._turn) % _POOLS]
+                response = await pool.handle_async_request(request)
             if not stream or response.status_code >= 300:
                 try:
                     await response.aread()
@@ -161,6 +172,9 @@ class Upstream:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        for pool in self._pools[1:]:  # the first one is the client's own
+            await pool.aclose()
+        self._pools = []
 
     # -- translation through litellm ----------------------------------------------------
     def preload_litellm(self) -> None:
