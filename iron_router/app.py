@@ -7,9 +7,10 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +32,7 @@ from iron_router.openai_api import routes as openai_routes
 from iron_router.upstream import Upstream
 from iron_sdk import __version__
 from iron_sdk.home import secure_home_files
+from iron_sdk.ledger import Ledger, SQLiteLedger, open_ledger
 from iron_sdk.runtime import Runtime
 
 log = logging.getLogger("iron_router")
@@ -261,12 +263,15 @@ async def healthz(request: Request) -> Response:
     summary: Health check (no token needed)
     tags: [router]
     responses:
-      200: {description: "{status: ok}"}
+      200: {description: "{status: ok | degraded, deployments: breaker state per model
+        name and deployment, degraded: model names with no usable deployment}"}
     """
     st: RouterState = request.app.state.router
-    return JSONResponse({"status": "ok", "version": __version__,
+    health = st.deployments.health()
+    return JSONResponse({"status": "degraded" if health["degraded"] else "ok",
+                         "version": __version__,
                          "models": len(st.config.routes) or None,
-                         "in_flight": request.app.state.in_flight.count})
+                         "in_flight": request.app.state.in_flight.count, **health})
 
 
 async def metrics(request: Request) -> Response:
@@ -277,7 +282,9 @@ async def metrics(request: Request) -> Response:
     responses:
       200: {description: Prometheus text exposition format}
     """
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+    metrics: RouterMetrics = request.app.state.metrics
+    metrics.deployments(request.app.state.router.deployments.health())
+    return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def openapi(request: Request) -> Response:
@@ -328,6 +335,36 @@ def _load(runtime: Runtime, config: RouterConfig) -> None:
     count_text("gpt-4o-mini", "warm up")
 
 
+def _open_ledger(config: RouterConfig) -> Ledger:
+    """The runtime's ledger; an SQLite one waits at most ``ledger_timeout_s`` for a lock
+    another process holds (then the call is refused: 503 ``ledger_unavailable``, or let
+    through when the operator set ``on_ledger_error: open``)."""
+    url = config.runtime.ledger_url()
+    path = url[len("sqlite://"):] if url.startswith("sqlite://") else (
+        None if "://" in url or url in ("memory", "", ":memory:") else os.path.expanduser(url))
+    if path is None:
+        return open_ledger(url)
+    return ReserveBoundedLedger(path, config.settings.ledger_timeout_s)
+
+
+class ReserveBoundedLedger(SQLiteLedger):
+    """An SQLite ledger whose reservations wait at most ``reserve_timeout_s`` for a
+    lock (the call is refused then), while settlements and releases keep the usual
+    long wait: an answer already paid for is never dropped for a busy lock."""
+
+    def __init__(self, path: str, reserve_timeout_s: float) -> None:
+        super().__init__(path)
+        self._reserver = SQLiteLedger(path, busy_timeout_s=reserve_timeout_s)
+
+    def reserve(self, reservation_id: str, scopes: Sequence[str], amount_micro: int,
+                ttl_s: float) -> bool:
+        return self._reserver.reserve(reservation_id, scopes, amount_micro, ttl_s)
+
+    def close(self) -> None:
+        self._reserver.close()
+        super().close()
+
+
 def create_app(config: RouterConfig | None = None) -> Starlette:
     """The router app around a new :class:`Runtime` on ``config.runtime``'s ledger."""
     config = config or RouterConfig()
@@ -337,9 +374,12 @@ def create_app(config: RouterConfig | None = None) -> Starlette:
     router_metrics = RouterMetrics(max_agents=settings.metrics_max_agents,
                                    max_models=settings.metrics_max_models, known_models=known)
     config.runtime.ensure_home()  # 0700 if we make it
-    runtime = Runtime(config.runtime, plugins=(router_metrics,))
+    runtime = Runtime(config.runtime, ledger=_open_ledger(config),
+                      plugins=(router_metrics,))
     secure_home_files(config.runtime.home)  # ledger (+ WAL), keys, audit log: 0600
-    state = RouterState(runtime, config, Upstream(config.settings, config.secrets()))
+    offload = Offload()  # blocking work off the loop (iron_router.offload)
+    state = RouterState(runtime, config, Upstream(config.settings, config.secrets()),
+                        offload)
     tracker = InFlight()
     router_metrics.in_flight.set_function(lambda: tracker.count)  # read at scrape time
 
@@ -377,5 +417,5 @@ def create_app(config: RouterConfig | None = None) -> Starlette:
     app.state.router = state
     app.state.metrics = router_metrics
     app.state.in_flight = tracker
-    app.state.offload = Offload()  # blocking work off the loop (iron_router.offload)
+    app.state.offload = offload
     return app

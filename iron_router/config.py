@@ -17,8 +17,27 @@ A LiteLLM proxy config works as it is::
       require_token: true                # router settings (see RouterSettings)
       allowed_hosts: [router.internal]   # Host names answered besides loopback ones
 
-Other top-level keys of a LiteLLM config (``general_settings``, ``router_settings``, ...)
-are ignored, except ``litellm_settings.drop_params``.
+LiteLLM's ``router_settings`` are read too (other top-level keys, ``general_settings``
+and the like, are ignored, except ``litellm_settings.drop_params`` and
+``litellm_settings.request_timeout``)::
+
+    router_settings:
+      num_retries: 2                # attempts on the name's other healthy deployments
+      timeout: 600                  # total seconds per attempt
+      allowed_fails: 3              # consecutive failures that cool a deployment down
+      cooldown_time: 5              # seconds; then one trial request (half-open)
+                                    # (defaults: iron: reliability: circuit_failures 5,
+                                    #  circuit_reset_s 30)
+      fallbacks: [{gpt-4o: [gpt-4o-mini, claude]}]          # in order, after the retries
+      context_window_fallbacks: [{gpt-4o-mini: [gpt-4o]}]   # when the prompt is too long
+
+Without ``num_retries`` a failed attempt is retried once on each other healthy
+deployment of the name. Our own timeouts (``iron:`` keys): ``connect_timeout_s``,
+``first_byte_timeout_s`` (the answer's headers, and a stream's first event),
+``idle_timeout_s`` (between stream chunks), ``upstream_timeout_s`` (total, per attempt).
+
+In router mode a ledger that cannot answer refuses the call (``budget:
+{on_ledger_error: closed}``, 503 ``ledger_unavailable``) unless the config says ``open``.
 """
 
 from __future__ import annotations
@@ -77,7 +96,17 @@ class RouterSettings:
     anonymous_sessions: bool = False  # True: runtime-API sessions without an IC token
     default_agent: str = "anonymous"
     max_body_mb: float = 10.0
-    upstream_timeout_s: float = 600.0
+    upstream_timeout_s: float = 600.0  # total per attempt (router_settings.timeout)
+    connect_timeout_s: float = 10.0
+    first_byte_timeout_s: float = 300.0  # a long non-streamed answer comes all at once
+    idle_timeout_s: float = 120.0  # between two chunks of a stream
+    ledger_timeout_s: float = 2.0  # a reservation that takes longer is refused (503)
+    # LiteLLM's router_settings (see the module docstring).
+    num_retries: int | None = None
+    allowed_fails: int | None = None  # None: iron.reliability.circuit_failures (5)
+    cooldown_time_s: float | None = None  # None: iron.reliability.circuit_reset_s (30)
+    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    context_window_fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
     shutdown_timeout_s: float | None = None  # None: wait for every in-flight call
     drop_params: bool = True  # litellm routes drop OpenAI params the provider lacks
     # Host names (besides loopback ones) the router answers to; "*" turns the check off,
@@ -93,10 +122,25 @@ class RouterSettings:
             raise ConfigError("iron: allowed_hosts must be a list of host names, "
                               "e.g. [router.internal, '*.corp.example'].")
         object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in hosts))
-        for name in ("metrics_max_agents", "metrics_max_models"):
+        for name in ("metrics_max_agents", "metrics_max_models", "allowed_fails"):
             value = getattr(self, name)
+            if value is None and name == "allowed_fails":
+                continue
             if type(value) is not int or value < 0:
                 raise ConfigError(f"iron: {name} must be a whole number >= 0.")
+        if self.num_retries is not None and (type(self.num_retries) is not int
+                                             or self.num_retries < 0):
+            raise ConfigError("router_settings.num_retries must be a whole number >= 0.")
+        for name in ("upstream_timeout_s", "connect_timeout_s", "first_byte_timeout_s",
+                     "idle_timeout_s", "ledger_timeout_s", "cooldown_time_s"):
+            value = getattr(self, name)
+            if value is None and name == "cooldown_time_s":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    0 < value < float("inf")):
+                raise ConfigError(f"iron: {name} must be a positive number of seconds.")
+        for name in ("fallbacks", "context_window_fallbacks"):
+            object.__setattr__(self, name, _fallbacks(getattr(self, name), name))
 
     @property
     def max_body_bytes(self) -> int:
@@ -129,6 +173,33 @@ class RouterConfig:
         return Route(model_name=model, model=model, upstream_model=model, provider="openai",
                      translate=False, api_base=default_openai_base(),
                      api_key=os.environ.get("OPENAI_API_KEY") or None)
+
+
+def _fallbacks(value: Any, name: str) -> dict[str, tuple[str, ...]]:
+    """LiteLLM's ``[{model: [fallback, ...]}, ...]`` (or a mapping) as a mapping."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list | tuple) and all(isinstance(e, dict) for e in value):
+        items = [kv for e in value for kv in e.items()]
+    else:
+        raise ConfigError(f"router_settings.{name} must be a list like "
+                          "[{gpt-4o: [gpt-4o-mini]}].")
+    out: dict[str, tuple[str, ...]] = {}
+    for key, targets in items:
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(key, str) or not isinstance(targets, list | tuple) or not all(
+                isinstance(t, str) and t for t in targets):
+            raise ConfigError(f"router_settings.{name}: each entry maps a model_name to a "
+                              "list of model_names.")
+        out[key] = tuple(targets)
+    return out
+
+
+_ROUTER_SETTINGS = {"num_retries": "num_retries", "timeout": "upstream_timeout_s",
+                    "allowed_fails": "allowed_fails", "cooldown_time": "cooldown_time_s",
+                    "fallbacks": "fallbacks",
+                    "context_window_fallbacks": "context_window_fallbacks"}
 
 
 def default_openai_base() -> str:
@@ -232,10 +303,28 @@ def parse_config(data: Any, path: Path | None = None) -> RouterConfig:
     litellm_settings = data.get("litellm_settings") or {}
     if isinstance(litellm_settings, dict) and "drop_params" in litellm_settings:
         settings_kwargs.setdefault("drop_params", bool(litellm_settings["drop_params"]))
+    if isinstance(litellm_settings, dict) and litellm_settings.get("request_timeout"):
+        settings_kwargs.setdefault("upstream_timeout_s", litellm_settings["request_timeout"])
+    router_settings = data.get("router_settings") or {}
+    if not isinstance(router_settings, dict):
+        raise ConfigError("router_settings must be a mapping.")
+    for key, ours in _ROUTER_SETTINGS.items():
+        if router_settings.get(key) is not None:
+            settings_kwargs.setdefault(ours, router_settings[key])
     try:
         settings = RouterSettings(**settings_kwargs)
     except TypeError as exc:
         raise ConfigError(f"iron: {exc}") from None
+    for name in ("fallbacks", "context_window_fallbacks"):
+        for key, targets in getattr(settings, name).items():
+            unknown = [t for t in (key, *targets) if t not in routes]
+            if unknown and routes:
+                raise ConfigError(f"router_settings.{name} names {unknown[0]!r}, which is "
+                                  "not a model_name of model_list.")
+    # Router mode fails closed when the ledger cannot answer, unless the operator says open.
+    budget = iron.get("budget")
+    if budget is None or isinstance(budget, dict):
+        iron["budget"] = {"on_ledger_error": "closed", **(budget or {})}
     prices = {**_prices(routes), **(iron.get("prices") or {})}
     if prices:
         iron["prices"] = prices

@@ -36,6 +36,7 @@ _MAX_LABEL = 120
 # Refusals that say nothing about the model being real: its name stays unlabelled.
 _UNVOUCHED = frozenset({"unknown_model_price", "model_not_found", "invalid_request",
                         "model_not_allowed", "invalid_ic_token"})
+_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -106,6 +107,13 @@ class RouterMetrics:
                              ("agent", "model", "outcome"), registry=r)
         self.blocks = Counter("iron_blocks", "Calls refused by a policy",
                               ("agent", "model", "reason"), registry=r)
+        self.deployment_state = Gauge(
+            "iron_router_deployment_state",
+            "Circuit breaker of each deployment: 0 closed, 1 half-open, 2 open (cooling down)",
+            ("model_name", "deployment"), registry=r)
+        self.degraded = Gauge("iron_router_model_degraded",
+                              "1 when no deployment of the model name is usable",
+                              ("model_name",), registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -136,6 +144,17 @@ class RouterMetrics:
                 _amount(event.get("output_tokens")))
         elif kind == "call_blocked":
             self._child(self.blocks, agent, model, self.reasons(reason)).inc()
+
+    def deployments(self, health: dict[str, Any]) -> None:
+        """Set the breaker gauges from :meth:`Deployments.health` (names come from the
+        operator's model_list, so their number is bounded)."""
+        degraded = set(health["degraded"])
+        for name, states in health["deployments"].items():
+            label = clean_label(name)
+            self._child(self.degraded, label).set(1 if name in degraded else 0)
+            for deployment, state in states.items():
+                self._child(self.deployment_state, label, clean_label(deployment)).set(
+                    _STATE_VALUE[state])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,6 +2,13 @@
 
 SIGTERM/SIGINT: uvicorn stops accepting, lets in-flight requests finish, then the app's
 lifespan writes the settlements; the process exits 0.
+
+Scale-out: ``--workers N`` runs N uvicorn worker processes on one port (each its own
+runtime; budgets, rate limits and the operator's policy are shared through the ledger,
+SQLite on one machine or Redis across machines). Several routers on several machines
+behind a load balancer share a Redis ledger the same way (``iron: {ledger:
+redis://...}``). Circuit breakers stay per process: each router judges the deployments
+it talks to, as LiteLLM's cooldowns do without Redis.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import os
 import re
 import signal
 import sys
+from typing import Any
 from urllib.parse import urlsplit
 
 from iron_router.config import ConfigError, RouterConfig, default_openai_base, load_config
@@ -40,7 +48,18 @@ def describe(config: RouterConfig) -> str:
     return f"no config: model names pass through to {_where(default_openai_base())}"
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, config_path: str | None = None) -> int:
+_CONFIG_ENV = "IRON_ROUTER_CONFIG"
+
+
+def worker_app() -> Any:
+    """The app of one ``--workers`` process (uvicorn imports it by name)."""
+    from iron_router.app import create_app
+
+    return create_app(load_config(os.environ.get(_CONFIG_ENV) or None))
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, config_path: str | None = None,
+          workers: int = 1) -> int:
     """Run the router until SIGTERM/SIGINT; return the exit code."""
     _setup_logging()
     # The router holds signing keys, the ledger and the audit log: whatever it creates
@@ -54,16 +73,23 @@ def serve(host: str = "127.0.0.1", port: int = 8080, config_path: str | None = N
         return 2
     import uvicorn
 
-    from iron_router.app import create_app
-
-    app = create_app(config)
     has = importlib.util.find_spec
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, lifespan="on", access_log=False, log_level="warning",
+    options: dict[str, Any] = dict(
+        host=host, port=port, lifespan="on", access_log=False, log_level="warning",
         http="httptools" if has("httptools") else "h11",
         loop="uvloop" if has("uvloop") else "asyncio",
-        timeout_graceful_shutdown=config.settings.shutdown_timeout_s,
-        server_header=False))
+        timeout_graceful_shutdown=config.settings.shutdown_timeout_s, server_header=False)
+    if workers > 1:
+        if config_path:
+            os.environ[_CONFIG_ENV] = str(config_path)
+        log.info("iron router on http://%s:%d with %d workers — %s", host, port, workers,
+                 describe(config))
+        uvicorn.run("iron_router.server:worker_app", factory=True, workers=workers,
+                    **options)
+        return 0
+    from iron_router.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(config), **options))
     # After a graceful shutdown uvicorn re-raises the signal it caught with the handler
     # that was installed before it; a no-op there makes the process end with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

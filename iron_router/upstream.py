@@ -5,6 +5,7 @@ Transport only: metering is :mod:`iron_sdk.meter`'s, SSE framing :mod:`iron_rout
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from iron_router.config import Route, RouterSettings
 
 log = logging.getLogger("iron_router")
+_POOLS = 4  # connection pools to OpenAI-compatible upstreams (see Upstream.client)
 _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy",
                     "all_proxy")
 
@@ -34,19 +36,22 @@ EMBEDDING_PARAMS = frozenset({"dimensions", "encoding_format", "user"})
 
 
 class UpstreamError(Exception):
-    """The provider answered with an error status (``status_code``) or not at all."""
+    """The provider answered with an error status (``status_code``) or not at all.
+    ``deployment`` names the deployment it counts against (the router's own breakers,
+    not the per-model circuit of :class:`~iron_sdk.policies.reliability.ReliabilityPolicy`)."""
 
-    def __init__(self, status_code: int | None, message: str) -> None:
+    def __init__(self, status_code: int | None, message: str, deployment: str = "") -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.deployment = deployment
 
 
 class UpstreamUnreachable(Exception):
     """No answer from the provider: connection refused, dropped, or timed out. Carries
     the cause's class name only (an httpx error's text can hold a URL)."""
 
-    def __init__(self, cause: Exception) -> None:
-        self.cause = type(cause).__name__
+    def __init__(self, cause: Exception | str) -> None:
+        self.cause = cause if isinstance(cause, str) else type(cause).__name__
         self.timeout = "Timeout" in self.cause
         super().__init__(self.cause)
 
@@ -68,6 +73,8 @@ class Upstream:
         self._extensions: dict[str, Any] = {}
         self._client: httpx.AsyncClient | None = None
         self._pool: httpx.AsyncHTTPTransport | None = None
+        self._pools: list[httpx.AsyncHTTPTransport] = []
+        self._turn = itertools.count()
         self._headers: dict[str | None, httpx.Headers] = {}
         self._urls: dict[str, httpx.URL] = {}
         self._litellm: asyncio.Future[Any] | None = None
@@ -80,15 +87,25 @@ class Upstream:
         and header merging, cookies, hooks: about a quarter of httpx's cost per call)."""
         if self._client is None:
             httpx = _httpx()
-            t = self.settings.upstream_timeout_s
-            timeout = httpx.Timeout(t, connect=min(t, 10.0), pool=min(t, 60.0))
+            s = self.settings
+            t = s.upstream_timeout_s
+            # read: the answer's first byte (a plain answer comes all at once); the gap
+            # between stream chunks is watched by the router (idle_timeout_s).
+            timeout = httpx.Timeout(min(t, 60.0), connect=min(t, s.connect_timeout_s),
+                                    read=min(t, s.first_byte_timeout_s), pool=min(t, 60.0))
             self._extensions = {"timeout": timeout.as_dict()}
             limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200,
                                   keepalive_expiry=30.0)
             if any(os.environ.get(name) for name in _PROXY_VARIABLES):
                 self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
             else:
-                self._pool = httpx.AsyncHTTPTransport(limits=limits)
+                # httpcore's pool walks all its connections (a poll() each) on every
+                # request: several smaller pools cost a fraction of one big one.
+                shard = httpx.Limits(max_connections=1000 // _POOLS,
+                                     max_keepalive_connections=200 // _POOLS,
+                                     keepalive_expiry=30.0)
+                self._pools = [httpx.AsyncHTTPTransport(limits=shard) for _ in range(_POOLS)]
+                self._pool = self._pools[0]
                 self._client = httpx.AsyncClient(timeout=timeout, transport=self._pool)
         return self._client
 
@@ -124,7 +141,8 @@ class Upstream:
             if self._pool is None:
                 response = await client.send(request, stream=True)
             else:
-                response = await self._pool.handle_async_request(request)
+                pool = self._pools[next(self._turn) % _POOLS]
+                response = await pool.handle_async_request(request)
             if not stream or response.status_code >= 300:
                 try:
                     await response.aread()
@@ -154,6 +172,9 @@ class Upstream:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        for pool in self._pools[1:]:  # the first one is the client's own
+            await pool.aclose()
+        self._pools = []
 
     # -- translation through litellm ----------------------------------------------------
     def preload_litellm(self) -> None:
@@ -172,6 +193,7 @@ class Upstream:
                            messages: list[dict[str, Any]], stream: bool) -> Any:
         litellm = await self.litellm()
         kwargs = {**route.params, **{k: v for k, v in body.items() if k in CHAT_PARAMS}}
+        kwargs.setdefault("timeout", self.settings.upstream_timeout_s)
         if stream:
             kwargs["stream"] = True
             kwargs["stream_options"] = {"include_usage": True}
@@ -183,6 +205,7 @@ class Upstream:
     async def litellm_embedding(self, route: Route, body: dict[str, Any], inputs: Any) -> Any:
         litellm = await self.litellm()
         kwargs = {**route.params, **{k: v for k, v in body.items() if k in EMBEDDING_PARAMS}}
+        kwargs.setdefault("timeout", self.settings.upstream_timeout_s)
         with outer_governed():
             return await litellm.aembedding(
                 model=route.model, input=inputs, api_base=route.api_base,

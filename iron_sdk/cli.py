@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--config", help="router config (LiteLLM model_list YAML)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="router worker processes on one port (share a Redis or "
+                             "SQLite ledger; breakers are per worker)")
     sub = parser.add_subparsers(dest="command")
 
     token = sub.add_parser("token", help="IC tokens").add_subparsers(dest="action",
@@ -129,7 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.mode == "router":
         from iron_router.server import serve
 
-        return serve(host=args.host, port=args.port, config_path=args.config)
+        return serve(host=args.host, port=args.port, config_path=args.config,
+                     workers=args.workers)
     if args.command == "dashboard":
         return _dashboard(args.port)
     if args.command == "demo":

@@ -132,6 +132,12 @@ class RuntimeUnavailableError(IronCageError):
     type = "service_unavailable"
 
 
+class LedgerUnavailableError(RuntimeUnavailableError):
+    """The budget ledger could not answer in time; the call was refused (fail closed)."""
+
+    code = "ledger_unavailable"
+
+
 class UnknownModelPriceError(IronCageError):
     """No price is known for the model, so its cost could not be governed."""
 
@@ -269,7 +275,8 @@ class UpstreamTimeoutError(UpstreamUnreachableError):
 _BY_CODE: dict[str, type[IronCageError]] = {
     cls.code: cls for cls in (InvalidRequestError, InvalidTokenError, BudgetExceededError,
                               SafetyViolationError, RateLimitedError, CircuitOpenError,
-                              RuntimeUnavailableError, UnknownModelPriceError,
+                              RuntimeUnavailableError, LedgerUnavailableError,
+                              UnknownModelPriceError,
                               ModelNotFoundError, ModelNotAllowedError, AgentDisabledError,
                               ToolNotAllowedError, PolicyViolationError, PayloadTooLargeError,
                               OutsideSessionError,

@@ -9,9 +9,14 @@ Also Anthropic's ``/v1/messages`` (plain and streamed), so translating routes (l
 can be exercised offline.
 
 Knobs: ``cached_tokens`` (and, for ``/v1/messages``, ``cache_write_tokens``) make every
-answer report that many cache reads (writes); a model named ``fail-<status>`` answers
-with that HTTP status; ``echo-key`` answers 401 quoting the API key it was sent (as some
-providers do).
+answer report that many cache reads (writes); ``reply`` fixes the answer's text. Opt-in by
+model name: ``fail-<status>`` answers with that HTTP status (``fail-429``
+adds ``Retry-After: 1``); ``echo-key`` answers 401 quoting the API key it was sent (as
+some providers do); ``hang`` never answers (until the stand-in stops); ``slow-<ms>``
+answers normally after ``<ms>`` milliseconds (a slow first byte); ``stall-<n>`` streams
+``n`` words, then goes silent without ending the stream. ``provider.force = "fail-500"``
+(any of these names) makes every request behave so, whatever model it names: a
+deployment that fails on command.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class StandInProvider:
         self.completed_streams = 0
         self.abandoned_streams = 0  # streams whose reader went away before the end
         self._lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.force: str | None = None  # a knob model name applied to every request
         provider = self
 
         class Handler(_Handler):
@@ -76,6 +83,7 @@ class StandInProvider:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()  # releases ``hang`` and ``stall-<n>`` handlers
         self.server.shutdown()
         self.server.server_close()
 
@@ -134,9 +142,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
-    def _json(self, status: int, payload: dict[str, Any]) -> None:
+    def _json(self, status: int, payload: dict[str, Any],
+              headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -155,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         body = json.loads(raw or b"{}")
         self.owner._record(body, {k.lower(): v for k, v in self.headers.items()}, raw)
-        model = str(body.get("model", ""))
+        model = self.owner.force or str(body.get("model", ""))
         path = self.path.split("?", 1)[0]  # Azure-style ?api-version=... URLs
         if model == "echo-key":  # like providers that quote a wrong key back
             key = self.headers.get("Authorization") or self.headers.get("x-api-key") or ""
@@ -165,8 +176,19 @@ class _Handler(BaseHTTPRequestHandler):
         elif model.startswith("fail-"):
             status = int(model.removeprefix("fail-") or 500)
             self._json(status, {"error": {"message": f"stand-in failure {status}",
-                                          "type": "server_error", "code": str(status)}})
-        elif path.endswith("/embeddings"):
+                                          "type": "server_error", "code": str(status)}},
+                       {"Retry-After": "1"} if status == 429 else None)
+        elif model == "hang":
+            self.owner.stopping.wait()
+            self.close_connection = True
+        elif model.startswith("slow-"):
+            self.owner.stopping.wait(int(model.removeprefix("slow-") or 1000) / 1000)
+            self._answer(path, body)
+        else:
+            self._answer(path, body)
+
+    def _answer(self, path: str, body: dict[str, Any]) -> None:
+        if path.endswith("/embeddings"):
             self._embeddings(body)
         elif path.endswith("/chat/completions"):
             if body.get("stream"):
@@ -266,7 +288,12 @@ class _Handler(BaseHTTPRequestHandler):
 
             yield event("response.created", response={**response, "status": "in_progress",
                                                        "output": [], "usage": None})
-            for word in words:
+            model = owner.force or str(body.get("model", ""))
+            stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
+            for i, word in enumerate(words):
+                if i == stall:
+                    owner.stopping.wait()
+                    return
                 if owner.chunk_delay_s:
                     time.sleep(owner.chunk_delay_s)
                 yield event("response.output_text.delta", item_id="msg_standin",
@@ -303,7 +330,12 @@ class _Handler(BaseHTTPRequestHandler):
                 **message, "usage": {**usage, "output_tokens": 1}}})
             yield send("content_block_start", {"index": 0,
                                                "content_block": {"type": "text", "text": ""}})
-            for word in words:
+            model = owner.force or str(body.get("model", ""))
+            stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
+            for i, word in enumerate(words):
+                if i == stall:
+                    owner.stopping.wait()
+                    return
                 if owner.chunk_delay_s:
                     time.sleep(owner.chunk_delay_s)
                 yield send("content_block_delta", {"index": 0,
@@ -338,7 +370,12 @@ class _Handler(BaseHTTPRequestHandler):
         def events() -> Any:
             yield send({**base, "choices": [{"index": 0, "finish_reason": None,
                                              "delta": {"role": "assistant", "content": ""}}]})
-            for word in words:
+            model = owner.force or str(body.get("model", ""))
+            stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
+            for i, word in enumerate(words):
+                if i == stall:
+                    owner.stopping.wait()
+                    return
                 if owner.chunk_delay_s:
                     time.sleep(owner.chunk_delay_s)
                 yield send({**base, "choices": [{"index": 0, "delta": {"content": word},

@@ -430,7 +430,7 @@ def test_repeated_upstream_failures_open_the_circuit(configured):
     assert [code(r) for r in responses] == ["503"] * 5 + ["circuit_open"]
     assert len(provider.requests) == before + 5
     opened = responses[-1]
-    assert opened.json()["error"]["target"] == "openai/fail-503"
+    assert opened.json()["error"]["target"] == "breaker"  # every deployment of the name
     assert int(opened.headers["retry-after"]) >= 1
     assert audit(home, "call_blocked", "breaker-user")[0]["reason"] == "circuit_open"
 
@@ -444,7 +444,8 @@ def test_unreachable_upstream_is_502_and_releases_the_reservation(configured):
     assert "ConnectError" in response.json()["error"]["message"]
     assert PROVIDER_KEY not in response.text
     assert audit(home, "call_failed", "stranded")[0]["outcome"] == "failed"
-    assert ledger_state(home, "agent:stranded").reserved_micro == 0
+    wait_until(lambda: ledger_state(home, "agent:stranded").reserved_micro == 0,
+               "the release to be written")  # written behind, like settlements
 
 
 def test_provider_key_never_appears_in_responses_logs_or_audit(configured):

@@ -100,13 +100,15 @@ def test_ids_are_unguessable_and_owned(router):
 @pytest.mark.parametrize("body, field", [
     ({"safety": {"pii": "off"}}, "safety.pii"),
     ({"budget": {"scopes": ["agent:bob"]}}, "budget.scopes"),
-    ({"budget": {"on_ledger_error": "open"}, "safety": {"pii": "block"}}, None),
+    # The router fails closed by default: "open" is looser, "closed" its own rule.
+    ({"budget": {"on_ledger_error": "open"}}, "budget.on_ledger_error"),
+    ({"budget": {"on_ledger_error": "closed"}, "safety": {"pii": "block"}}, None),
 ])
 def test_a_client_cannot_loosen_the_operators_policy(router, body, field):
     mallory = Agent(router, "mallory")
     r = mallory.post("/sessions", body)
     if field is None:
-        assert r.status_code == 200  # "open" is the operator's own rule: nothing looser
+        assert r.status_code == 200  # the operator's own rule: nothing looser
         return
     assert _code(r) == (403, "policy_violation") and r.json()["error"]["field"] == field
 

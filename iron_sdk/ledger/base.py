@@ -31,14 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from iron_sdk.errors import BudgetExceededError, InvalidRequestError, RuntimeUnavailableError, usd
+from iron_sdk.errors import (
+    BudgetExceededError,
+    InvalidRequestError,
+    LedgerUnavailableError,
+    usd,
+)
 
 MAX_AMOUNT = 2**62  # every amount and token count is an int in [0, MAX_AMOUNT)
 MAX_TTL_S = 7 * 86400.0
 SETTLED_RETENTION_S = 25 * 3600.0  # finished call ids are remembered at least 24 h
 
 
-class LedgerError(RuntimeUnavailableError):
+class LedgerError(LedgerUnavailableError):
     """The ledger's storage failed; the caller applies its fail-open/closed policy."""
 
 

@@ -1,9 +1,11 @@
-"""Rate limit per agent (token bucket) and a circuit breaker per model, in-process."""
+"""Rate limit per agent (token bucket) and a circuit breaker per model, in-process; and
+the router's breakers per deployment (:class:`DeploymentBreakers`)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,8 +65,9 @@ class ReliabilityPolicy:
     @hookimpl
     def iron_llm_error(self, call: LlmCall, error: BaseException) -> None:
         if (call.outcome == "blocked" or isinstance(error, IronCageError | GeneratorExit)
-                or _client_side(error)):
-            return  # only provider failures count against the provider's circuit
+                or _client_side(error) or getattr(error, "deployment", None) is not None):
+            return  # only provider failures count against the provider's circuit; the
+            # router counts its upstream's per deployment (DeploymentBreakers)
         with self._lock:
             circuit = self._circuits.setdefault(_circuit_key(call), _Circuit())
             circuit.failures += 1
@@ -82,3 +85,72 @@ def _circuit_key(call: LlmCall) -> str | tuple[str, str]:
 def _client_side(error: BaseException) -> bool:
     status = getattr(error, "status_code", None) or getattr(error, "status", None)
     return isinstance(status, int) and 400 <= status < 500 and status != 429
+
+
+@dataclass(slots=True)
+class _Breaker:
+    failures: int = 0
+    opened_at: float | None = None  # None: closed
+    trial: bool = False  # half-open: one request is trying the deployment
+
+
+class DeploymentBreakers:
+    """One circuit breaker per deployment (the router's ``(model_name, api_base)``).
+
+    LiteLLM's words: after ``allowed_fails`` consecutive failures a deployment cools
+    down for ``cooldown_s``; then it is half-open: one request may try it (others skip
+    it), and that trial's outcome closes or re-opens it. Thread-safe."""
+
+    def __init__(self, allowed_fails: int = 3, cooldown_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.allowed_fails = max(1, allowed_fails)
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self._breakers: dict[Hashable, _Breaker] = {}
+        self._lock = threading.Lock()
+
+    def state(self, key: Hashable) -> str:
+        """``closed``, ``open`` (cooling down) or ``half_open`` (a trial may run)."""
+        b = self._breakers.get(key)
+        if b is None or b.opened_at is None:
+            return "closed"
+        return "open" if self.clock() < b.opened_at + self.cooldown_s or b.trial else "half_open"
+
+    def acquire(self, key: Hashable) -> bool:
+        """Whether a request may go to ``key`` now (taking the half-open trial if so)."""
+        b = self._breakers.get(key)
+        if b is None or b.opened_at is None:
+            return True
+        with self._lock:
+            if b.trial or self.clock() < b.opened_at + self.cooldown_s:
+                return False
+            b.trial = True
+            return True
+
+    def retry_after(self, key: Hashable) -> float:
+        b = self._breakers.get(key)
+        if b is None or b.opened_at is None:
+            return 0.0
+        return max(0.0, b.opened_at + self.cooldown_s - self.clock())
+
+    def success(self, key: Hashable) -> None:
+        if key in self._breakers:
+            with self._lock:
+                self._breakers.pop(key, None)
+
+    def failure(self, key: Hashable) -> None:
+        with self._lock:
+            b = self._breakers.get(key)
+            if b is None:
+                b = self._breakers[key] = _Breaker()
+            b.failures += 1
+            if b.trial or b.failures >= self.allowed_fails:
+                b.opened_at = self.clock()
+                b.trial = False
+
+    def release_trial(self, key: Hashable) -> None:
+        """The trial ended without a verdict on the deployment (a client error)."""
+        b = self._breakers.get(key)
+        if b is not None:
+            with self._lock:
+                b.trial = False
