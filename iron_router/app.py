@@ -357,8 +357,9 @@ class ReserveBoundedLedger(SQLiteLedger):
         self._reserver = SQLiteLedger(path, busy_timeout_s=reserve_timeout_s)
 
     def reserve(self, reservation_id: str, scopes: Sequence[str], amount_micro: int,
-                ttl_s: float) -> bool:
-        return self._reserver.reserve(reservation_id, scopes, amount_micro, ttl_s)
+                ttl_s: float, *, agent_id: str = "", model: str = "") -> bool:
+        return self._reserver.reserve(reservation_id, scopes, amount_micro, ttl_s,
+                                      agent_id=agent_id, model=model)
 
     def close(self) -> None:
         self._reserver.close()
