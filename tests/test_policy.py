@@ -205,7 +205,11 @@ def test_model_outside_allowlist_is_refused_before_anything(runtime, provider, c
     assert isinstance(again, ModelNotAllowedError) and again.model == "gpt-3.5-turbo"
 
 
-def test_kill_switch_refuses_the_next_call_and_enable_restores(runtime, provider, client):
+def test_kill_switch_refuses_the_next_call_and_enable_restores(runtime, provider, client,
+                                                                monkeypatch):
+    # The store re-reads its version at most every CHECK_EVERY_S (changes apply within 1 s,
+    # tested with real processes below); here every call checks.
+    monkeypatch.setattr("iron_sdk.policy.sqlite.CHECK_EVERY_S", 0.0)
     store = _store(runtime)
     run = _agent(client, "switch")
     run()
