@@ -441,9 +441,14 @@ async def _watched(st: RouterState, ex: Exchange, route: Route, first: bytes | N
                     chunk = task.result()
                 except StopAsyncIteration:
                     return
-                except Exception:
-                    ex.plan.failed(route)  # dropped mid-stream: the deployment's fault
-                    raise
+                except Exception as exc:  # dropped or timed out mid-stream: the
+                    ex.plan.failed(route)  # deployment's fault; the client is told
+                    cls = (UpstreamTimeoutError if "Timeout" in type(exc).__name__
+                           else UpstreamUnreachableError)
+                    raise StreamStopped(cls(
+                        f"The upstream for model '{route.model_name}' broke off the stream "
+                        f"({type(exc).__name__}); it was ended and charged for what was "
+                        "generated.")) from exc
                 last = loop.time()
                 yield chunk
             now = loop.time()
