@@ -28,8 +28,10 @@ The usual shape, for a client method that sends ``**kwargs`` as the request::
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
+import inspect
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -57,12 +59,13 @@ from iron_sdk.session import Session, _current, active_session
 from iron_sdk.usage import usage_from_anthropic, usage_from_openai
 
 __all__ = [
-    "Event", "LlmCall", "LlmRequest", "Media", "Meter", "MeteredStream", "Patches",
-    "Protocol", "Session", "Text", "ToolCall", "Usage", "Writable", "active_session",
-    "ask_for_usage", "begin", "call_event", "deliver", "enter_session", "exit_session",
-    "field_of", "hookimpl", "is_ic_token", "is_outer_governed", "make_event",
-    "outer_governed", "read_request", "response_text", "settle_reserved", "settle_response",
-    "settle_text", "usage_from_anthropic", "usage_from_openai", "when_imported",
+    "Event", "LlmCall", "LlmRequest", "Media", "Meter", "MeteredResponse", "MeteredStream",
+    "Patches", "Protocol", "Session", "Text", "ToolCall", "Usage", "Writable",
+    "active_session", "adeliver", "ask_for_usage", "begin", "call_event", "deliver",
+    "enter_session", "exit_session", "field_of", "hookimpl", "is_ic_token",
+    "is_outer_governed", "make_event", "outer_governed", "read_request", "response_text",
+    "settle_reserved", "settle_response", "settle_text", "usage_from_anthropic",
+    "usage_from_openai", "when_imported",
 ]
 
 
@@ -102,19 +105,69 @@ def begin(kind: str, body: dict[str, Any], *, source: str, model: str | None = N
 
 def deliver(meter: Meter, result: Any) -> Any:
     """The provider's result for the caller: a stream metered as it is read, or a
-    complete answer settled now (a raw-response wrapper is parsed for its usage)."""
+    complete answer settled now. A raw-response wrapper (the clients'
+    ``with_raw_response``/``with_streaming_response``) is parsed for its usage, or, for
+    a stream, metered when the caller parses it (:class:`MeteredResponse`)."""
     if meter.call.stream and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
         return MeteredStream(result, meter)
-    parsed = result
-    if field_of(result, "usage") is None and hasattr(result, "http_response"):
-        # openai's with_raw_response / with_streaming_response: an API response object
+    if _is_raw(result):
         if meter.call.stream:
-            settle_reserved(meter.call)  # raw SSE lines are the caller's to read
-            meter.done = True
-            return result
-        parsed = result.parse()
-    meter.settle(parsed)
+            return MeteredResponse(result, meter)
+        meter.settle(result.parse())
+        return result
+    meter.settle(result)
     return result
+
+
+async def adeliver(meter: Meter, result: Any) -> Any:
+    """:func:`deliver` for async clients, whose raw responses parse awaiting."""
+    if _is_raw(result) and not meter.call.stream:
+        parsed = result.parse()
+        meter.settle(await parsed if inspect.isawaitable(parsed) else parsed)
+        return result
+    return deliver(meter, result)
+
+
+def _is_raw(result: Any) -> bool:
+    return (field_of(result, "usage") is None and hasattr(result, "http_response")
+            and hasattr(result, "parse"))
+
+
+class MeteredResponse:
+    """A raw response whose body is a stream: ``parse()`` (sync or awaited, as the
+    client's) gives the stream metered. Never parsed (the caller read the bytes itself):
+    the reservation is charged when the response is dropped, on the record."""
+
+    def __init__(self, response: Any, meter: Meter) -> None:
+        self._response, self._meter = response, meter
+        self._stream: MeteredStream | None = None
+
+    def parse(self, **kwargs: Any) -> Any:
+        if kwargs:  # parsed into a type of the caller's: not the event stream
+            return self._response.parse(**kwargs)
+        if self._stream is not None:
+            return self._stream
+        parsed = self._response.parse()
+        if inspect.isawaitable(parsed):
+            return self._metered_after(parsed)
+        return self._metered(parsed)
+
+    def _metered(self, stream: Any) -> MeteredStream:
+        if self._stream is None:
+            self._stream = MeteredStream(stream, self._meter)
+        return self._stream
+
+    async def _metered_after(self, pending: Any) -> MeteredStream:
+        return self._metered(await pending)
+
+    def __del__(self) -> None:
+        if self._stream is None and not self._meter.done:
+            self._meter.done = True
+            with contextlib.suppress(Exception):  # never raise from the garbage collector
+                settle_reserved(self._meter.call)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._response, name)
 
 
 def enter_session(session: Session) -> Token[Session | None]:

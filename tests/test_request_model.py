@@ -424,3 +424,24 @@ def test_router_reserves_n_outputs(door3, provider):
     assert post(1).status_code == 200
     assert len(provider.requests) == 1
     wait_until(lambda: settled(home, "door3-n"), "the call to settle")
+
+
+def test_raw_responses_async_and_streamed_are_charged_their_usage(make_runtime, provider,
+                                                                   client, aclient):
+    rt, home = make_runtime()
+    agent_id = f"raw2-{make_runtime.mode}"
+
+    @protect_agent(agent_id=agent_id)
+    async def agent() -> None:
+        reply = await aclient.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert reply.parse().choices[0].message.content
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+        assert [c for c in raw.parse()]  # the stream, metered as it is read
+
+    import asyncio
+
+    asyncio.run(agent())
+    usage = [expected_micro("gpt-4o-mini", provider.usage(b, 12)) for b in provider.requests]
+    assert _spent(rt, home, agent_id) == sum(usage)  # reported usage, not reservations

@@ -16,9 +16,7 @@ where the client's answer objects keep the provider's events.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +27,7 @@ from iron_sdk.integration import (
     Patches,
     Session,
     active_session,
+    adeliver,
     begin,
     deliver,
     is_outer_governed,
@@ -72,11 +71,6 @@ def _begin(kwargs: dict[str, Any], session: Session | None = None) -> tuple[LlmC
     return begin(KIND, kwargs, source=SOURCE, provider=PROVIDER, session=session)
 
 
-def _raw(result: Any) -> bool:
-    """A ``with_raw_response``/``with_streaming_response`` answer (parsed on demand)."""
-    return hasattr(result, "http_response") and hasattr(result, "parse")
-
-
 def _fail(call: LlmCall, error: BaseException) -> None:
     """The client raised: released, unless the provider answered and only reading the
     answer failed (``parse`` into the caller's type, a response the client could not
@@ -103,8 +97,6 @@ def _wrap_sync(original: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as exc:
             _fail(call, exc)
             raise
-        if _raw(result) and call.stream:
-            return MeteredResponse(result, meter)
         return deliver(meter, result)
     return governed
 
@@ -121,59 +113,17 @@ def _wrap_async(original: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as exc:
             _fail(call, exc)
             raise
-        if _raw(result):
-            if call.stream:
-                return MeteredResponse(result, meter)
-            meter.settle(await result.parse())  # an async raw response parses awaiting
-            return result
-        return deliver(meter, result)
+        return await adeliver(meter, result)
     return governed
-
-
-class MeteredResponse:
-    """A raw response whose body is a stream: ``parse()`` (sync or awaited, as the
-    client's) gives the stream metered. Never parsed (the caller read the bytes itself):
-    the reservation is charged when the response is dropped, on the record."""
-
-    def __init__(self, response: Any, meter: Meter) -> None:
-        self._response, self._meter = response, meter
-        self._stream: MeteredStream | None = None
-
-    def parse(self, **kwargs: Any) -> Any:
-        if kwargs:  # parsed into a type of the caller's: not the event stream
-            return self._response.parse(**kwargs)
-        if self._stream is not None:
-            return self._stream
-        parsed = self._response.parse()
-        if inspect.isawaitable(parsed):
-            return self._metered_after(parsed)
-        return self._metered(parsed)
-
-    def _metered(self, stream: Any) -> MeteredStream:
-        if self._stream is None:
-            self._stream = MeteredStream(stream, self._meter)
-        return self._stream
-
-    async def _metered_after(self, pending: Any) -> MeteredStream:
-        return self._metered(await pending)
-
-    def __del__(self) -> None:
-        if self._stream is None and not self._meter.done:
-            self._meter.done = True
-            with contextlib.suppress(Exception):  # never raise from the garbage collector
-                settle_reserved(self._meter.call)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._response, name)
 
 
 # -- stream(...) ------------------------------------------------------------------------
 def _wrap_stream(original: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
     @functools.wraps(original)
     def governed(self: Any, *args: Any, **kwargs: Any) -> Any:
-        session = active_session()
-        if session is None or is_outer_governed():
+        if is_outer_governed():
             return original(self, *args, **kwargs)
+        session = active_session()  # None: the runtime's outside session governs it
         manager = AsyncGovernedStreamManager if is_async else GovernedStreamManager
         return manager(functools.partial(original, self, *args), kwargs, session)
     return governed
@@ -184,7 +134,7 @@ class GovernedStreamManager:
     raise here, before anything is sent), sends it and meters the ``MessageStream``."""
 
     def __init__(self, open_manager: Callable[..., Any], kwargs: dict[str, Any],
-                 session: Session) -> None:
+                 session: Session | None) -> None:
         self._open, self._kwargs, self._session = open_manager, kwargs, session
         self._manager: Any = None
         self._meter: Meter | None = None

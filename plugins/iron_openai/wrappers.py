@@ -9,7 +9,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from iron_sdk.integration import Patches, begin, deliver, is_ic_token
+from iron_sdk.integration import Patches, adeliver, begin, deliver, is_ic_token
 
 patches = Patches()
 
@@ -79,5 +79,5 @@ def _wrap_async(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
         except BaseException as exc:
             call.session.runtime.fail_call(call, exc)
             raise
-        return deliver(meter, result)
+        return await adeliver(meter, result)
     return governed
