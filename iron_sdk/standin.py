@@ -27,6 +27,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -98,6 +99,27 @@ class StandInProvider:
             self.requests.append(body)
             self.headers.append(headers)
             self.raw_requests.append(raw)
+
+    def _stall(self, body: dict[str, Any]) -> int:
+        """After how many words a ``stall-<n>`` stream goes silent (-1: it never does)."""
+        model = self.force or str(body.get("model", ""))
+        return int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
+
+    def paced(self, body: dict[str, Any], words: list[str]) -> Iterator[str]:
+        """The words of a streamed answer, ``chunk_delay_s`` apart; a ``stall-<n>``
+        stream stops after ``n`` of them and waits until the stand-in stops."""
+        stall = self._stall(body)
+        for i, word in enumerate(words):
+            if i == stall:
+                self.stopping.wait()
+                return
+            if self.chunk_delay_s:
+                time.sleep(self.chunk_delay_s)
+            yield word
+
+    def stalls(self, body: dict[str, Any], words: list[str]) -> bool:
+        """True when the stream stalled before its end (it must not finish)."""
+        return 0 <= self._stall(body) < len(words)
 
     def reply_text(self, max_tokens: int | None) -> list[str]:
         if self.reply is not None:
@@ -288,16 +310,11 @@ class _Handler(BaseHTTPRequestHandler):
 
             yield event("response.created", response={**response, "status": "in_progress",
                                                        "output": [], "usage": None})
-            model = owner.force or str(body.get("model", ""))
-            stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
-            for i, word in enumerate(words):
-                if i == stall:
-                    owner.stopping.wait()
-                    return
-                if owner.chunk_delay_s:
-                    time.sleep(owner.chunk_delay_s)
+            for word in owner.paced(body, words):
                 yield event("response.output_text.delta", item_id="msg_standin",
                             output_index=0, content_index=0, delta=word, logprobs=[])
+            if owner.stalls(body, words):
+                return
             yield event("response.completed", response=response)
 
         self._sse_stream(events())
@@ -330,16 +347,11 @@ class _Handler(BaseHTTPRequestHandler):
                 **message, "usage": {**usage, "output_tokens": 1}}})
             yield send("content_block_start", {"index": 0,
                                                "content_block": {"type": "text", "text": ""}})
-            model = owner.force or str(body.get("model", ""))
-            stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
-            for i, word in enumerate(words):
-                if i == stall:
-                    owner.stopping.wait()
-                    return
-                if owner.chunk_delay_s:
-                    time.sleep(owner.chunk_delay_s)
+            for word in owner.paced(body, words):
                 yield send("content_block_delta", {"index": 0,
                                                    "delta": {"type": "text_delta", "text": word}})
+            if owner.stalls(body, words):
+                return
             yield send("content_block_stop", {"index": 0})
             yield send("message_delta", {"delta": {"stop_reason": "end_turn",
                                                    "stop_sequence": None},
@@ -370,16 +382,11 @@ class _Handler(BaseHTTPRequestHandler):
         def events() -> Any:
             yield send({**base, "choices": [{"index": 0, "finish_reason": None,
                                              "delta": {"role": "assistant", "content": ""}}]})
-            model = owner.force or str(body.get("model", ""))
-            stall = int(model.removeprefix("stall-") or 1) if model.startswith("stall-") else -1
-            for i, word in enumerate(words):
-                if i == stall:
-                    owner.stopping.wait()
-                    return
-                if owner.chunk_delay_s:
-                    time.sleep(owner.chunk_delay_s)
+            for word in owner.paced(body, words):
                 yield send({**base, "choices": [{"index": 0, "delta": {"content": word},
                                                  "finish_reason": None}]})
+            if owner.stalls(body, words):
+                return
             yield send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
             if want_usage and owner.stream_usage:
                 yield send({**base, "choices": [], "usage": owner.usage(body, len(words))})
