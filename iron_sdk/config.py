@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validato
 from iron_sdk.errors import PolicyViolationError
 
 PiiAction = Literal["redact", "block", "log", "off"]
-PII_STRICTNESS: dict[str, int] = {"off": 0, "log": 1, "redact": 2, "block": 3}
+# From the weakest to the strictest PII/secret action.
+PII_ORDER: tuple[PiiAction, ...] = ("off", "log", "redact", "block")
+PII_STRICTNESS: dict[str, int] = {action: i for i, action in enumerate(PII_ORDER)}
 
 
 def _min(a: float | None, b: float | None) -> float | None:

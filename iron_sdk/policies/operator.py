@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from iron_sdk.config import PII_STRICTNESS
 from iron_sdk.errors import (
     AgentDisabledError,
     InvalidTokenError,
@@ -32,7 +33,6 @@ from iron_sdk.errors import (
 )
 from iron_sdk.hookspecs import hookimpl
 from iron_sdk.policy import EffectivePolicy, Policy, PolicyStore, effective, open_policy_store
-from iron_sdk.policy.model import pii_rank
 
 if TYPE_CHECKING:
     from iron_sdk.call import LlmCall, ToolCall
@@ -233,9 +233,9 @@ def _raise_pii_floor(session: Session, floor: str) -> None:
     """The session runs with at least the operator's PII action (never weaker)."""
     safety = session.safety
     update: dict[str, Any] = {}
-    if pii_rank(safety.pii) < pii_rank(floor):
+    if PII_STRICTNESS[safety.pii] < PII_STRICTNESS[floor]:
         update["pii"] = floor
-    if safety.secrets is not None and pii_rank(safety.secrets) < pii_rank(floor):
+    if safety.secrets is not None and PII_STRICTNESS[safety.secrets] < PII_STRICTNESS[floor]:
         update["secrets"] = floor
     if update:
         session.safety = safety.model_copy(update=update)

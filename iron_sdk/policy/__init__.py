@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 
+from iron_sdk.config import PII_ORDER
 from iron_sdk.policy.effective import EffectivePolicy, Sourced, effective
 from iron_sdk.policy.memory import MemoryPolicyStore
-from iron_sdk.policy.model import FIELDS, PII_ORDER, Policy, make_policy, scope_of
+from iron_sdk.policy.model import FIELDS, Policy, make_policy, scope_of
 from iron_sdk.policy.store import PolicyStore, Snapshot, TokenRecord
 
 __all__ = ["FIELDS", "PII_ORDER", "EffectivePolicy", "MemoryPolicyStore", "Policy",

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from iron_sdk.policy.model import Policy, pii_rank
+from iron_sdk.config import PII_STRICTNESS
+from iron_sdk.policy.model import Policy
 
 CONFIG = "config"
 REQUEST = "request"
@@ -115,8 +116,8 @@ def effective(scopes: Mapping[str, Policy], defaults: Policy | None = None,
             value = getattr(policy, name)
             if value is not None and (name not in best or value < best[name].value):
                 best[name] = Sourced(value, source)
-        if policy.pii is not None and (
-                "pii" not in best or pii_rank(policy.pii) > pii_rank(best["pii"].value)):
+        if policy.pii is not None and ("pii" not in best or PII_STRICTNESS[policy.pii]
+                                       > PII_STRICTNESS[best["pii"].value]):
             best["pii"] = Sourced(policy.pii, source)
         if policy.disabled and "disabled" not in best:
             best["disabled"] = Sourced(True, source)

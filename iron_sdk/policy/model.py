@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from iron_sdk.config import PiiAction
 from iron_sdk.errors import InvalidRequestError
-
-# From the weakest to the strictest PII/secret action.
-PII_ORDER: tuple[PiiAction, ...] = ("off", "log", "redact", "block")
-_PII_RANK = {action: i for i, action in enumerate(PII_ORDER)}
-assert set(PII_ORDER) == set(get_args(PiiAction))
 
 # Patterns and names: printable, bounded (they end up in events, tables and HTTP bodies).
 _NAME = re.compile(r"^[\w.:/@*?\[\]!+-]{1,200}$")
@@ -29,14 +24,6 @@ _MAX_RATE = 10**9
 
 Patterns = Annotated[tuple[str, ...], Field(max_length=_MAX_LIST)]
 Count = Annotated[int, Field(gt=0, le=_MAX_RATE)]
-
-
-def pii_rank(action: str) -> int:
-    return _PII_RANK[action]
-
-
-def stricter_pii(a: PiiAction, b: PiiAction) -> PiiAction:
-    return a if _PII_RANK[a] >= _PII_RANK[b] else b
 
 
 class Policy(BaseModel):
@@ -72,9 +59,6 @@ class Policy(BaseModel):
     def fields_set(self) -> dict[str, Any]:
         """The fields this record sets (``None`` ones left out)."""
         return self.model_dump(exclude_none=True)
-
-    def is_empty(self) -> bool:
-        return not self.fields_set()
 
 
 FIELDS: tuple[str, ...] = tuple(Policy.model_fields)

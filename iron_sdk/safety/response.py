@@ -75,10 +75,6 @@ class ResponseGuard:
         self._log: list[str] = []  # log mode: the text, scanned once at the end
         self._reported = False
 
-    @staticmethod
-    def for_call(call: LlmCall) -> ResponseGuard | None:
-        return None if call.session.safety.response == "off" else ResponseGuard(call)
-
     # -- complete answers -----------------------------------------------------------------
     def answer(self, result: Any, protocol: str) -> bool:
         """Scan a complete answer in place; True when it was changed. Raises
