@@ -297,6 +297,28 @@ def test_limit_set_by_second_instance_is_seen(tmp_path: Path) -> None:
         assert first.state(AGENT) == ScopeState(AGENT, 100, 0, 0)
 
 
+def test_limit_set_by_another_process_is_seen_by_a_process_that_knew_none(
+        tmp_path: Path) -> None:
+    """A process remembers which scope lists have no limit (no query per reservation);
+    a limit another process sets must end that at its next reservation."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "ledger.db"
+    with SQLiteLedger(path) as led:
+        for i in range(3):  # learnt: no limit, asked once
+            assert led.reserve(f"r{i}", [AGENT, TEAM], 20, 30) is False
+        subprocess.run([sys.executable, "-c",
+                        "import sys; from iron_sdk.ledger import SQLiteLedger; "
+                        "SQLiteLedger(sys.argv[1]).set_limit(sys.argv[2], 10)",
+                        str(path), TEAM], check=True, timeout=60)
+        with pytest.raises(BudgetExceededError) as info:
+            led.reserve("r9", [AGENT, TEAM], 20, 30)
+        assert info.value.scope == TEAM
+        assert led.reserve("r10", [AGENT, TEAM], 10, 30) is True
+        assert led.state(TEAM) == ScopeState(TEAM, 10, 0, 10)
+
+
 def test_state_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     with SQLiteLedger(path) as led:

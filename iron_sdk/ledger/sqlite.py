@@ -38,6 +38,7 @@ from iron_sdk.ledger.base import (
     exceeded,
     unique_scopes,
 )
+from iron_sdk.ledger.limits_version import LimitsVersion
 
 SCHEMA_VERSION = 2
 _TABLES = (
@@ -230,10 +231,14 @@ class SQLiteLedger(Ledger):
         # scope -> (period, tz) last seen; checked against the row on every use.
         self._configs: dict[str, tuple[str, str]] = {}
         self._limited: set[tuple[str, ...]] = set()  # scope lists last seen with a limit
+        # scope lists last seen without any limit -> the limits version read before looking
+        self._unlimited: dict[tuple[str, ...], int] = {}
+        self._limits_version: LimitsVersion | None = None
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):  # 0600 from birth, WAL inherits it
                 os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            self._limits_version = LimitsVersion(self._path)
             conn = self._conn()
             # WAL is persistent in the file; set once here, not per connection.
             conn.execute("PRAGMA journal_mode=WAL")
@@ -404,14 +409,22 @@ class SQLiteLedger(Ledger):
         if not uniq:
             return False
         if uniq not in self._limited:
+            # No limit on any of these scopes (the common case) -> nothing to hold: known
+            # without a query while no limit changed since we looked (limits_version), else
+            # an unlocked check on the latest committed snapshot, without the write lock.
+            # Once these scopes were seen limited, the check under the lock is the only one.
+            version = self._limits_version.read() if self._limits_version else None
+            if version is not None and self._unlimited.get(uniq) == version:
+                return False
             try:
-                # Unlocked pre-check on the latest committed snapshot: no limit -> done
-                # without any write lock (the common case); once these scopes were seen
-                # limited, the check under the lock below is the only one.
                 _, rows = self._check(self._conn(), uniq, time.time(), amount_micro)
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
             if not rows:
+                if version is not None:
+                    if len(self._unlimited) >= 1024:
+                        self._unlimited.clear()
+                    self._unlimited[uniq] = version
                 return False
             if len(self._limited) >= 1024:
                 self._limited.clear()
@@ -615,10 +628,12 @@ class SQLiteLedger(Ledger):
                   tz: str = "UTC") -> None:
         if limit_micro is None:
             self._write(_REMOVE_LIMIT, (scope,))
-            return
-        check_amount("limit_micro", limit_micro)
-        periods.check_period(period, tz)
-        self._write(_SET_LIMIT, (scope, limit_micro, period, tz))
+        else:
+            check_amount("limit_micro", limit_micro)
+            periods.check_period(period, tz)
+            self._write(_SET_LIMIT, (scope, limit_micro, period, tz))
+        if self._limits_version is not None:  # committed: every process looks again
+            self._limits_version.bump()
 
     def reset(self, scope: str) -> None:
         def work(conn: sqlite3.Connection, now: float) -> None:
@@ -661,6 +676,8 @@ class SQLiteLedger(Ledger):
 
     def close(self) -> None:
         self._closed = True
+        if self._limits_version is not None:
+            self._limits_version.close()
         with self._conns_lock:
             conns, self._conns = self._conns, []
         self._local = threading.local()
