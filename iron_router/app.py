@@ -315,7 +315,7 @@ def _warm_up(runtime: Runtime, config: RouterConfig) -> None:
 def _load(runtime: Runtime, config: RouterConfig) -> None:
     """Load what the first request would otherwise wait for (HTTP client, token verifier,
     price map, tokenizer) while the router already answers; name unpriced routes early."""
-    import httpx  # noqa: F401 - the upstream client
+    import aiohttp  # noqa: F401 - the upstream client
     import jwt  # noqa: F401 - PyJWT pulls in cryptography (~0.3 s)
 
     from iron_sdk.errors import UnknownModelPriceError

@@ -58,9 +58,8 @@ from iron_sdk.runtime import Runtime
 from iron_sdk.session import Session
 
 if TYPE_CHECKING:
-    import httpx
-
     from iron_router.offload import Offload
+    from iron_router.upstream import UpstreamResponse
     from iron_sdk.policies.operator import OperatorPolicy
 
 JSON = "application/json"
@@ -260,7 +259,7 @@ def _reprice(st: RouterState, ex: Exchange, route: Route, error: UpstreamError) 
                                  source="router", provider=route.provider)
 
 
-def _upstream_answer(st: RouterState, route: Route, response: httpx.Response) -> AttemptFailed:
+def _upstream_answer(st: RouterState, route: Route, response: UpstreamResponse) -> AttemptFailed:
     """An error status from the upstream, as an attempt outcome."""
     status = response.status_code
     content = response.content
@@ -366,7 +365,8 @@ async def _chat_attempt(st: RouterState, ex: Exchange, route: Route, raw: bytes,
         raise
     except Exception as exc:  # nothing was metered: the first event never came whole
         await _close_quietly(response.aclose)
-        cause = "FirstByteTimeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+        cause = ("FirstByteTimeout" if isinstance(exc, TimeoutError) else
+                 exc.cause if isinstance(exc, UpstreamUnreachable) else type(exc).__name__)
         raise _unreachable(route, UpstreamUnreachable(cause)) from None
     ex.plan.succeeded(route)
     deadline = started + st.settings.upstream_timeout_s
@@ -380,7 +380,7 @@ async def _close_quietly(close: Callable[[], Awaitable[None]]) -> None:
         await close()
 
 
-def _plain(ex: Exchange, meter: Meter, response: httpx.Response) -> Response:
+def _plain(ex: Exchange, meter: Meter, response: UpstreamResponse) -> Response:
     """Pass a complete upstream answer through; settle with it."""
     content = response.content
     try:
@@ -443,11 +443,12 @@ async def _watched(st: RouterState, ex: Exchange, route: Route, first: bytes | N
                     return
                 except Exception as exc:  # dropped or timed out mid-stream: the
                     ex.plan.failed(route)  # deployment's fault; the client is told
-                    cls = (UpstreamTimeoutError if "Timeout" in type(exc).__name__
-                           else UpstreamUnreachableError)
+                    cause = (exc.cause if isinstance(exc, UpstreamUnreachable)
+                             else type(exc).__name__)
+                    cls = UpstreamTimeoutError if "Timeout" in cause else UpstreamUnreachableError
                     raise StreamStopped(cls(
                         f"The upstream for model '{route.model_name}' broke off the stream "
-                        f"({type(exc).__name__}); it was ended and charged for what was "
+                        f"({cause}); it was ended and charged for what was "
                         "generated.")) from exc
                 last = loop.time()
                 yield chunk

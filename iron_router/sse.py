@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 from iron_sdk.errors import SafetyViolationError
 
 if TYPE_CHECKING:
-    import httpx
-
+    from iron_router.upstream import UpstreamResponse
     from iron_sdk.meter import Meter
 
 
@@ -68,7 +67,7 @@ def _scan(block: bytes, meter: Meter) -> bytes:
     return b"".join(e + b"\n\n" for e in kept)
 
 
-async def relay_sse(response: httpx.Response, meter: Meter) -> AsyncIterator[bytes]:
+async def relay_sse(response: UpstreamResponse, meter: Meter) -> AsyncIterator[bytes]:
     """The upstream's SSE bytes, metered, forwarded per network chunk."""
     try:
         async for out in _relay_sse(response, meter):
@@ -77,7 +76,7 @@ async def relay_sse(response: httpx.Response, meter: Meter) -> AsyncIterator[byt
         yield _encode(exc.to_body()) + b"\n\n"
 
 
-async def _relay_sse(response: httpx.Response, meter: Meter) -> AsyncIterator[bytes]:
+async def _relay_sse(response: UpstreamResponse, meter: Meter) -> AsyncIterator[bytes]:
     buf = b""
     async for chunk in response.aiter_bytes():
         if b"\r" in chunk:

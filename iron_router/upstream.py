@@ -1,24 +1,23 @@
-"""Talking to providers: a shared httpx pool for OpenAI-compatible upstreams (bytes in,
-bytes out), and litellm — imported lazily — for providers that need translation.
+"""Talking to providers: a shared aiohttp session for OpenAI-compatible upstreams (bytes
+in, bytes out), and litellm — imported lazily — for providers that need translation.
 Transport only: metering is :mod:`iron_sdk.meter`'s, SSE framing :mod:`iron_router.sse`'s."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from iron_sdk.guard import outer_governed
 
 if TYPE_CHECKING:
-    import httpx
+    import aiohttp
 
     from iron_router.config import Route, RouterSettings
 
 log = logging.getLogger("iron_router")
-_POOLS = 4  # connection pools to OpenAI-compatible upstreams (see Upstream.client)
 _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy",
                     "all_proxy")
 
@@ -48,7 +47,7 @@ class UpstreamError(Exception):
 
 class UpstreamUnreachable(Exception):
     """No answer from the provider: connection refused, dropped, or timed out. Carries
-    the cause's class name only (an httpx error's text can hold a URL)."""
+    the cause's name only (a transport error's text can hold a URL)."""
 
     def __init__(self, cause: Exception | str) -> None:
         self.cause = cause if isinstance(cause, str) else type(cause).__name__
@@ -56,107 +55,128 @@ class UpstreamUnreachable(Exception):
         super().__init__(self.cause)
 
 
-def _httpx() -> Any:
-    """httpx, imported on first use: it is a fifth of the router's start-up imports (the
-    warm-up thread loads it while the router already answers)."""
-    import httpx
+def _aiohttp() -> Any:
+    """aiohttp, imported on first use (the warm-up thread loads it while the router
+    already answers)."""
+    import aiohttp
 
-    return httpx
+    return aiohttp
+
+
+def _cause(exc: BaseException) -> str:
+    """A transport failure's name, in one vocabulary whatever the client library
+    (httpx's words, which the router's messages and audit events have always used)."""
+    aiohttp = _aiohttp()
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "ConnectTimeout"
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return "ReadTimeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "ConnectError"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "RemoteProtocolError"
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientOSError):
+        return "ReadError"
+    return type(exc).__name__
+
+
+class UpstreamResponse:
+    """A provider's answer: ``status_code``, ``headers`` and either its whole body
+    (``content``) or a body left to stream (:meth:`aiter_bytes`, then :meth:`aclose`)."""
+
+    __slots__ = ("status_code", "headers", "content", "_raw")
+
+    def __init__(self, raw: Any, content: bytes = b"") -> None:
+        self.status_code: int = raw.status
+        self.headers: Any = raw.headers
+        self.content = content
+        self._raw = raw
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; a broken connection raises
+        :class:`UpstreamUnreachable`."""
+        try:
+            async for chunk in self._raw.content.iter_any():
+                yield chunk
+        except (_aiohttp().ClientError, TimeoutError) as exc:
+            raise UpstreamUnreachable(_cause(exc)) from exc
+
+    async def aclose(self) -> None:
+        """Done with the body: a connection read to the end goes back to the pool, one
+        left mid-way is closed."""
+        self._raw.release()
 
 
 class Upstream:
-    """Provider connections shared by every request of the router."""
+    """Provider connections shared by every request of the router.
+
+    OpenAI-compatible upstreams are spoken to with aiohttp: bytes in, bytes out, at about
+    a sixth of httpx's CPU per request (``benchmarks/router_overhead.py``); its C HTTP
+    parser and lean connection pool are most of the router's CPU budget."""
 
     def __init__(self, settings: RouterSettings, secrets: tuple[str, ...] = ()) -> None:
         self.settings = settings
         self._secrets = tuple(s.encode() for s in secrets)
-        self._extensions: dict[str, Any] = {}
-        self._client: httpx.AsyncClient | None = None
-        self._pool: httpx.AsyncHTTPTransport | None = None
-        self._pools: list[httpx.AsyncHTTPTransport] = []
-        self._turn = itertools.count()
-        self._headers: dict[str | None, httpx.Headers] = {}
-        self._urls: dict[str, httpx.URL] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str | None, dict[str, str]] = {}
         self._litellm: asyncio.Future[Any] | None = None
 
     # -- OpenAI-compatible fast path ----------------------------------------------------
     @property
-    def client(self) -> httpx.AsyncClient:
-        """The shared client. Without a proxy in the environment its connection pool is
-        also used directly by :meth:`send`, skipping the client's per-request work (URL
-        and header merging, cookies, hooks: about a quarter of httpx's cost per call)."""
-        if self._client is None:
-            httpx = _httpx()
+    def session(self) -> aiohttp.ClientSession:
+        """The shared client session (made on first use, inside the event loop)."""
+        if self._session is None:
+            aiohttp = _aiohttp()
             s = self.settings
             t = s.upstream_timeout_s
-            # read: the answer's first byte (a plain answer comes all at once); the gap
-            # between stream chunks is watched by the router (idle_timeout_s).
-            timeout = httpx.Timeout(min(t, 60.0), connect=min(t, s.connect_timeout_s),
-                                    read=min(t, s.first_byte_timeout_s), pool=min(t, 60.0))
-            self._extensions = {"timeout": timeout.as_dict()}
-            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200,
-                                  keepalive_expiry=30.0)
-            if any(os.environ.get(name) for name in _PROXY_VARIABLES):
-                self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
-            else:
-                # httpcore's pool walks all its connections (a poll() each) on every
-                # request: several smaller pools cost a fraction of one big one.
-                shard = httpx.Limits(max_connections=1000 // _POOLS,
-                                     max_keepalive_connections=200 // _POOLS,
-                                     keepalive_expiry=30.0)
-                self._pools = [httpx.AsyncHTTPTransport(limits=shard) for _ in range(_POOLS)]
-                self._pool = self._pools[0]
-                self._client = httpx.AsyncClient(timeout=timeout, transport=self._pool)
-        return self._client
+            # sock_read: the answer's first byte (a plain answer comes all at once) and
+            # any gap in a stream (the router also watches idle_timeout_s); connect: the
+            # wait for a pooled connection plus the connect itself.
+            timeout = aiohttp.ClientTimeout(total=None, connect=min(t, 60.0),
+                                            sock_connect=min(t, s.connect_timeout_s),
+                                            sock_read=min(t, s.first_byte_timeout_s))
+            connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0,
+                                             keepalive_timeout=30.0, ttl_dns_cache=300)
+            # Proxies from the environment only when one is set: looking them up costs
+            # on every request.
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=timeout,
+                trust_env=any(os.environ.get(name) for name in _PROXY_VARIABLES))
+        return self._session
 
-    def headers(self, api_key: str | None) -> httpx.Headers:
-        """Request headers for an upstream: our provider key, never the client's token
-        (built once per key: httpx normalises every header it is given)."""
+    def headers(self, api_key: str | None) -> dict[str, str]:
+        """Request headers for an upstream: our provider key, never the client's token."""
         h = self._headers.get(api_key)
         if h is None:
-            raw = {"content-type": "application/json", "accept": "application/json"}
+            h = {"content-type": "application/json", "accept": "application/json"}
             if api_key:
-                raw["authorization"] = f"Bearer {api_key}"
-            h = self._headers[api_key] = _httpx().Headers(raw)
+                h["authorization"] = f"Bearer {api_key}"
+            self._headers[api_key] = h
         return h
 
-    def url(self, url: str) -> httpx.URL:
-        """The parsed URL (parsed once: a route's URL never changes)."""
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) >= 1024:
-                self._urls.clear()
-            parsed = self._urls[url] = _httpx().URL(url)
-        return parsed
-
     async def send(self, url: str, data: bytes, api_key: str | None, *,
-                   stream: bool = False) -> httpx.Response:
+                   stream: bool = False) -> UpstreamResponse:
         """POST ``data`` as it is. With ``stream`` a 2xx body is left to read and close;
         an error answer is always read whole. Raises :class:`UpstreamUnreachable`."""
-        client = self.client
-        httpx = _httpx()
-        request = httpx.Request("POST", self.url(url), content=data,
-                                headers=self.headers(api_key), extensions=self._extensions)
-        try:
-            if self._pool is None:
-                response = await client.send(request, stream=True)
-            else:
-                pool = self._pools[next(self._turn) % _POOLS]
-                response = await pool.handle_async_request(request)
-            if not stream or response.status_code >= 300:
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-        except httpx.HTTPError as exc:
-            raise UpstreamUnreachable(exc) from exc
-        return response
+        return await self._request("POST", url, api_key, data, stream)
 
-    async def get(self, url: str, api_key: str | None) -> httpx.Response:
+    async def get(self, url: str, api_key: str | None) -> UpstreamResponse:
+        return await self._request("GET", url, api_key, None, False)
+
+    async def _request(self, method: str, url: str, api_key: str | None, data: bytes | None,
+                       stream: bool) -> UpstreamResponse:
+        aiohttp = _aiohttp()
         try:
-            return await self.client.get(url, headers=self.headers(api_key))
-        except _httpx().HTTPError as exc:
-            raise UpstreamUnreachable(exc) from exc
+            raw = await self.session.request(method, url, data=data,
+                                             headers=self.headers(api_key))
+            if stream and raw.status < 300:
+                return UpstreamResponse(raw)
+            try:
+                return UpstreamResponse(raw, await raw.read())
+            finally:
+                raw.release()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnreachable(_cause(exc)) from exc
 
     def scrub(self, data: bytes) -> bytes:
         """Remove any provider key an upstream echoed into an error body."""
@@ -169,12 +189,9 @@ class Upstream:
         return self.scrub(text.encode()).decode(errors="replace")
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-        for pool in self._pools[1:]:  # the first one is the client's own
-            await pool.aclose()
-        self._pools = []
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     # -- translation through litellm ----------------------------------------------------
     def preload_litellm(self) -> None:
