@@ -13,6 +13,12 @@ A stand-in provider process (``python -m iron_sdk.standin``) and a router proces
    process's utime+stime (``/proc/PID/stat``) over the concurrent phase / requests.
 3. The SDK's HTTP mode: ``iron_sdk.remote.RemoteRuntime(url)`` — one session, then
    ``begin_call`` + ``settle_call`` round trips, p50 and p95.
+4. LiteLLM's own proxy (``litellm --config``, no callbacks, a master key, no database,
+   telemetry off) in front of the same stand-in, measured as 1 and 2: added latency
+   p50/p95 and CPU per request at 32 concurrent (its process tree's utime+stime). It
+   runs from ``.venv-proxy`` (built by the LiteLLM Proxy tests, or by
+   ``examples/litellm_proxy/run.py``) or from this interpreter's environment when that
+   can import the proxy; else ``litellm_proxy`` says why it was not compared.
 
 ``--policies`` gives the agent an operator policy (model allowlist, rpm and tpm limits)
 and a budget, so the operator-policy checks and the ledger reservation are on the path.
@@ -24,8 +30,11 @@ trip ≤ 1 ms p50. JSON last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -70,7 +79,10 @@ def start_standin(fast: bool) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-def added_latency(direct: str, router: str, token: str) -> dict[str, float]:
+def added_latency(direct: str, gateway: str, auth: str, name: str = "router"
+                  ) -> dict[str, float]:
+    """Interleaved pairs: the stand-in directly, then through ``gateway`` (its
+    ``/v1/chat/completions`` with ``auth``), or the other way round."""
     data = json.dumps(BODY).encode()
     headers = {"content-type": "application/json"}
     with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
@@ -81,23 +93,23 @@ def added_latency(direct: str, router: str, token: str) -> dict[str, float]:
             assert r.status_code == 200, r.text
             return elapsed
 
-        d_url, r_url = f"{direct}/chat/completions", f"{router}/v1/chat/completions"
+        d_url, g_url = f"{direct}/chat/completions", f"{gateway}/v1/chat/completions"
         for _ in range(200):  # warm up: connections, tokenizer, price map, statements
             one(a, d_url, "Bearer sk-bench")
-            one(b, r_url, f"Bearer {token}")
-        direct_s, router_s, added = [], [], []
+            one(b, g_url, auth)
+        direct_s, gateway_s, added = [], [], []
         for i in range(PAIRS):
             if i % 2:  # alternate which goes first
                 d = one(a, d_url, "Bearer sk-bench")
-                r = one(b, r_url, f"Bearer {token}")
+                g = one(b, g_url, auth)
             else:
-                r = one(b, r_url, f"Bearer {token}")
+                g = one(b, g_url, auth)
                 d = one(a, d_url, "Bearer sk-bench")
             direct_s.append(d)
-            router_s.append(r)
-            added.append(r - d)
+            gateway_s.append(g)
+            added.append(g - d)
     return {"direct_p50_ms": ms(statistics.median(direct_s)),
-            "router_p50_ms": ms(statistics.median(router_s)),
+            f"{name}_p50_ms": ms(statistics.median(gateway_s)),
             "added_p50_ms": ms(statistics.median(added)),
             "added_p95_ms": ms(pct(added, 0.95))}
 
@@ -123,21 +135,120 @@ async def _throughput(url: str, auth: str) -> float:
         return CONCURRENT_REQUESTS / (time.perf_counter() - t)
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (``state`` first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime so far of process ``pid`` and every process under it (Linux
+    ``/proc``; a gateway's workers or helpers count as its own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):  # ended meanwhile
+                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = _stat(p)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        todo += children.get(p, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def gateway_throughput(gateway: str, auth: str, pid: int) -> tuple[float, float]:
+    """Requests/s through ``gateway`` at 32 concurrent, and its CPU ms per request."""
+    cpu = cpu_seconds(pid)
+    rps = asyncio.run(_throughput(f"{gateway}/v1/chat/completions", auth))
+    # The warm-up gather is CONCURRENCY requests more than CONCURRENT_REQUESTS.
+    cpu_per_request = (cpu_seconds(pid) - cpu) / (CONCURRENT_REQUESTS + CONCURRENCY)
+    return rps, round(cpu_per_request * 1e3, 3)
 
 
 def throughput(direct: str, router: str, token: str, router_pid: int) -> dict[str, float]:
     d = asyncio.run(_throughput(f"{direct}/chat/completions", "Bearer sk-bench"))
-    cpu = cpu_seconds(router_pid)
-    r = asyncio.run(_throughput(f"{router}/v1/chat/completions", f"Bearer {token}"))
-    # The warm-up gather is CONCURRENCY requests more than CONCURRENT_REQUESTS.
-    cpu_per_request = (cpu_seconds(router_pid) - cpu) / (CONCURRENT_REQUESTS + CONCURRENCY)
+    r, cpu_ms = gateway_throughput(router, f"Bearer {token}", router_pid)
     return {"direct_rps": round(d, 1), "router_rps": round(r, 1),
-            "router_vs_direct": round(r / d, 3),
-            "router_cpu_ms_per_request": round(cpu_per_request * 1e3, 3)}
+            "router_vs_direct": round(r / d, 3), "router_cpu_ms_per_request": cpu_ms}
+
+
+# LiteLLM's proxy as a plain gateway: the same stand-in, a master key, nothing else.
+LITELLM_CONFIG = """\
+model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: os.environ/IRON_STANDIN_URL
+      api_key: os.environ/OPENAI_API_KEY
+general_settings:
+  master_key: os.environ/LITELLM_MASTER_KEY
+"""
+
+
+def _proxy_runner() -> Any:
+    """``examples/litellm_proxy/run.py``: how the LiteLLM Proxy tests start the proxy."""
+    spec = importlib.util.spec_from_file_location(
+        "litellm_proxy_runner", ROOT / "examples" / "litellm_proxy" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def litellm_env() -> Path | None:
+    """An environment whose ``bin/litellm`` can run the proxy: ``.venv-proxy`` (the
+    LiteLLM Proxy tests build it), else this interpreter's."""
+    for env in (ROOT / ".venv-proxy", Path(sys.prefix)):
+        if not (env / "bin" / "litellm").exists():
+            continue
+        probe = "import importlib.util as u, sys; sys.exit(u.find_spec('fastapi') is None)"
+        if subprocess.run([str(env / "bin" / "python"), "-c", probe],
+                          capture_output=True).returncode == 0:
+            return env
+    return None
+
+
+def litellm_version(env: Path) -> str:
+    done = subprocess.run([str(env / "bin" / "python"), "-c",
+                           "from importlib.metadata import version; print(version('litellm'))"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def litellm_proxy(direct: str, direct_rps: float, home: Path) -> dict[str, Any]:
+    """LiteLLM's proxy measured like the router (sections 1 and 2), or why not."""
+    env_dir = litellm_env()
+    if env_dir is None:
+        return {"skipped": "LiteLLM Proxy not installed (litellm[proxy]: run the LiteLLM "
+                           "Proxy tests or examples/litellm_proxy/run.py once to build "
+                           ".venv-proxy)"}
+    runner = _proxy_runner()
+    config = home / "litellm-bench.yaml"
+    config.write_text(LITELLM_CONFIG)
+    master_key = "sk-" + secrets.token_urlsafe(24)
+    env = runner.proxy_environment(home, master_key, direct)
+    env.update(OPENAI_API_KEY="sk-bench", LITELLM_TELEMETRY_DISABLED="true")
+    server = runner.ProxyServer(env_dir, env, home / "litellm-proxy.log", config=config)
+    try:
+        try:
+            server.wait_ready()
+        except RuntimeError as exc:
+            return {"skipped": f"LiteLLM Proxy did not start: {str(exc)[-500:]}"}
+        auth = f"Bearer {master_key}"
+        latency = added_latency(direct, server.url, auth, name="proxy")
+        print("litellm proxy added latency:", latency, flush=True)
+        rps, cpu_ms = gateway_throughput(server.url, auth, server.process.pid)
+        print("litellm proxy throughput:", rps, cpu_ms, flush=True)
+    finally:
+        server.stop()
+    return {"version": litellm_version(env_dir), "added_latency": latency,
+            "throughput_32": {"proxy_rps": round(rps, 1),
+                              "proxy_vs_direct": round(rps / direct_rps, 3),
+                              "proxy_cpu_ms_per_request": cpu_ms}}
 
 
 def set_policies(home: Path) -> None:
@@ -182,6 +293,8 @@ def main() -> None:
                              "the stdlib one caps the 32-concurrent numbers)")
     parser.add_argument("--policies", action="store_true",
                         help="an operator policy and a budget on the bench agent")
+    parser.add_argument("--no-litellm", action="store_true",
+                        help="skip the side-by-side LiteLLM Proxy measurement")
     args = parser.parse_args()
     home = Path(os.environ["IRON_HOME"])
     standin, direct = start_standin(fast=not args.stdlib_standin)
@@ -191,13 +304,15 @@ def main() -> None:
             token = issue_token(home, "bench")
             if args.policies:
                 set_policies(home)
-            latency = added_latency(direct, router.url, token)
+            latency = added_latency(direct, router.url, f"Bearer {token}")
             print("added latency:", latency, flush=True)
             assert router.proc is not None
             rps = throughput(direct, router.url, token, router.proc.pid)
             print("throughput:", rps, flush=True)
             sdk = sdk_round_trip(router.url, token)
             print("sdk round trip:", sdk, flush=True)
+        litellm = ({"skipped": "--no-litellm"} if args.no_litellm
+                   else litellm_proxy(direct, rps["direct_rps"], home))
     finally:
         standin.terminate()
         standin.wait(10)
@@ -208,7 +323,7 @@ def main() -> None:
         "added_latency": latency, "throughput_32": rps, "sdk_http_round_trip": sdk,
         "targets": {"added_p50_ms": 0.6, "router_cpu_ms_per_request": 0.5,
                     "sdk_round_trip_p50_ms": 1.0},
-        "litellm_proxy": "not installable in this environment; not compared",
+        "litellm_proxy": litellm,
     }
     print(json.dumps(result, indent=2))
 

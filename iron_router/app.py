@@ -390,6 +390,7 @@ def create_app(config: RouterConfig | None = None) -> Starlette:
             state.upstream.preload_litellm()
         threading.Thread(target=_warm_up, args=(runtime, config), name="iron-warm-up",
                          daemon=True).start()
+        state.deployments.start()  # shared breakers: kept in step in the background
         try:
             yield
         finally:
@@ -398,6 +399,7 @@ def create_app(config: RouterConfig | None = None) -> Starlette:
             if not await tracker.wait_idle(config.settings.shutdown_timeout_s):
                 log.warning("shutdown: %d request(s) still running", tracker.count)
             await state.upstream.aclose()
+            state.deployments.close()
             runtime.close()
 
     routes: list[BaseRoute] = [

@@ -5,6 +5,10 @@ A *deployment* is one ``model_list`` entry: (``model_name``, ``api_base``). A re
 gets a :class:`Plan`; every route the plan hands out has taken the breaker's half-open
 trial if it needed one, so the caller reports each route's outcome exactly once
 (:meth:`Plan.succeeded`, :meth:`Plan.failed` or :meth:`Plan.abandon`).
+
+The breakers are this process's own, or on a Redis ledger shared with every router on
+it (:mod:`iron_router.breaker_store`; :meth:`Deployments.start` starts keeping them in
+step). Either way a request only reads this process's memory.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import itertools
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from iron_router.breaker_store import SharedBreakers, breakers_for
 from iron_sdk.errors import CircuitOpenError, ModelNotFoundError
-from iron_sdk.policies.reliability import DeploymentBreakers
 
 if TYPE_CHECKING:
     from iron_router.config import Route, RouterConfig
@@ -47,11 +51,26 @@ class Deployments:
         self.fallbacks = s.fallbacks
         self.context_window_fallbacks = s.context_window_fallbacks
         r = config.runtime.reliability
-        self.breakers = DeploymentBreakers(
+        self.breakers = breakers_for(
+            config.runtime.ledger_url(),
             r.circuit_failures if s.allowed_fails is None else s.allowed_fails,
             r.circuit_reset_s if s.cooldown_time_s is None else s.cooldown_time_s)
+        self._shared = self.breakers if isinstance(self.breakers, SharedBreakers) else None
+        if self._shared is not None:
+            for group in self.routes.values():
+                for route in group:
+                    self._shared.watch(deployment_key(route))
         self._passthrough: dict[str, Route] = {}
         self._rr = itertools.count()
+
+    def start(self) -> None:
+        """Keep shared breakers in step with the other routers (a background thread)."""
+        if self._shared is not None:
+            self._shared.start()
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
 
     def group(self, name: str) -> tuple[Route, ...]:
         """The deployments of ``name`` (ModelNotFoundError when there is no such name)."""
@@ -61,6 +80,8 @@ class Deployments:
                 if len(self._passthrough) >= _PASSTHROUGH_MAX:
                     self._passthrough.clear()
                 route = self._passthrough[name] = self.config.passthrough(name)
+                if self._shared is not None:
+                    self._shared.watch(deployment_key(route))
             return (route,)
         group = self.routes.get(name)
         if group is None:

@@ -7,8 +7,12 @@ Scale-out: ``--workers N`` runs N uvicorn worker processes on one port (each its
 runtime; budgets, rate limits and the operator's policy are shared through the ledger,
 SQLite on one machine or Redis across machines). Several routers on several machines
 behind a load balancer share a Redis ledger the same way (``iron: {ledger:
-redis://...}``). Circuit breakers stay per process: each router judges the deployments
-it talks to, as LiteLLM's cooldowns do without Redis.
+redis://...}``). On a Redis ledger the per-deployment circuit breakers are shared too
+(:mod:`iron_router.breaker_store`): a deployment one router cools down is skipped by the
+others within a quarter second, and after the cooldown one router sends the half-open
+trial; each router decides from its own copy, refreshed in the background, so a request
+never waits on Redis, and without Redis the breakers are per process. On an SQLite
+ledger (``--workers`` on one machine) each process judges the deployments on its own.
 """
 
 from __future__ import annotations
