@@ -46,7 +46,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 from urllib.parse import urlsplit
 
-from iron_sdk.policies.reliability import DeploymentBreakers, _Breaker
+from iron_sdk.policies.reliability import Breaker, DeploymentBreakers
 
 log = logging.getLogger("iron_router")
 
@@ -316,7 +316,7 @@ class SharedBreakers(DeploymentBreakers):
         if s is not None and s["h"] > now_ms:  # open or half-open everywhere
             opened = s["o"] / 1000 - self.cooldown_s
             if b is None:
-                b = self._breakers[key] = _Breaker()
+                b = self._breakers[key] = Breaker()
             if b.opened_at is None or b.opened_at < opened:
                 b.opened_at = opened
             self._synced.add(key)

@@ -88,7 +88,7 @@ def _client_side(error: BaseException) -> bool:
 
 
 @dataclass(slots=True)
-class _Breaker:
+class Breaker:
     failures: int = 0
     opened_at: float | None = None  # None: closed
     trial: bool = False  # half-open: one request is trying the deployment
@@ -106,7 +106,7 @@ class DeploymentBreakers:
         self.allowed_fails = max(1, allowed_fails)
         self.cooldown_s = cooldown_s
         self.clock = clock
-        self._breakers: dict[Hashable, _Breaker] = {}
+        self._breakers: dict[Hashable, Breaker] = {}
         self._lock = threading.Lock()
 
     def state(self, key: Hashable) -> str:
@@ -142,7 +142,7 @@ class DeploymentBreakers:
         with self._lock:
             b = self._breakers.get(key)
             if b is None:
-                b = self._breakers[key] = _Breaker()
+                b = self._breakers[key] = Breaker()
             b.failures += 1
             if b.trial or b.failures >= self.allowed_fails:
                 b.opened_at = self.clock()
