@@ -3,6 +3,7 @@ isolated, and nothing acknowledged lost to kill -9 (a real process, a real journ
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -195,8 +196,9 @@ def test_a_poison_item_is_isolated(make, kind: str,  # noqa: ANN001
         settle(wb, "after", 3)
         assert wb.state(AGENT) == ScopeState(AGENT, 10_000, 73, 100)
         assert wb.journal is not None and wb.journal.path is not None
-        assert wb.journal.path.stat().st_size == len(wb.journal.path.read_bytes().split(
-            b"\n")[0]) + 1  # everything committed or given up: back to its header
+        header, entries = wb.journal.path.read_bytes().split(b"\n", 1)
+        assert json.loads(header)["ledger"] == wb.identity
+        assert entries.strip(b"\0") == b""  # everything committed or given up: no entry left
     finally:
         wb.close()
 
@@ -276,6 +278,23 @@ def test_a_journal_of_another_ledger_is_left_alone(tmp_path: Path) -> None:
         assert b.state(AGENT).spent_micro == 0
         assert replay_journals(a) == 1
         assert a.state(AGENT).spent_micro == 9
+
+
+def test_a_journal_grows_past_its_first_map_and_replays_every_entry(tmp_path: Path) -> None:
+    """Entries are copied into a memory map of the file; more than it first holds grow
+    it, committed ones are zeroed, and a dead owner's entries all replay."""
+    with SQLiteLedger(tmp_path / "a.db") as led:
+        journal = Journal(tmp_path / "journal", led.identity)
+        journal.append(Settlement("early", (AGENT,), 1, "bot", "m", 1, 1))
+        journal.committed(1)  # written to the ledger (as the writer would say): zeroed
+        n = 2_000  # ~100 bytes each: three times what the first map holds
+        for i in range(n):
+            journal.append(Settlement(f"call-{i:05d}", (AGENT, TEAM), 3, "bot", "m", 2, 1))
+        assert journal.path is not None and journal.path.stat().st_size > 64 * 1024
+        journal.close()  # as if its process died before committing them
+        assert replay_journals(led) == n
+        assert led.state(AGENT).spent_micro == led.state(TEAM).spent_micro == 3 * n
+        assert led.usage() == [UsageRow("bot", "m", n, 2 * n, n, 3 * n)]
 
 
 def test_a_clean_close_leaves_no_journal(make) -> None:  # noqa: ANN001
