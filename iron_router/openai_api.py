@@ -189,7 +189,7 @@ async def _governed(request: Request, kind: str, handler: Handler) -> Response:
     info = _info(request)
     try:
         raw = await read_body(request, st.settings.max_body_bytes)
-        ex = await st.offload.run(_begin, st, bearer_token(request), kind, raw, info)
+        ex = await st.offload.run(_begin, st, bearer_token(request), kind, raw, info, size=len(raw))
     except IronCageError as exc:
         return error_response(exc)
     try:

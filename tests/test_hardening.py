@@ -246,11 +246,11 @@ async def test_read_json_parses_large_bodies_off_the_loop() -> None:
     threads: list[str] = []
 
     class Spy(Offload):
-        async def run(self, func, *args):  # noqa: ANN001, ANN202
+        async def run(self, func, *args, size=0):  # noqa: ANN001, ANN202
             def spied(*a):  # noqa: ANN002, ANN202
                 threads.append(threading.current_thread().name)
                 return func(*a)
-            return await super().run(spied, *args)
+            return await super().run(spied, *args, size=size)
 
     offload = Spy(max_threads=2, inline_max=1024)
     assert await read_json(_request([json.dumps(CHAT).encode()]), 1 << 20,
@@ -308,6 +308,43 @@ async def test_offload_runs_inline_when_small_and_bounded_otherwise() -> None:
         await offload.run(boom)
     with pytest.raises(ValueError):
         Offload(max_threads=0)
+
+
+async def test_big_offloaded_work_runs_with_full_collections_held_off() -> None:
+    import gc
+    import threading
+
+    from iron_router.offload import Offload, full_collections_held
+
+    normal = gc.get_threshold()
+    offload = Offload(hold_gc_over=1024)
+    assert await offload.run(gc.get_threshold, size=1024) == normal
+    held = await offload.run(gc.get_threshold, size=1025)
+    assert held[:2] == normal[:2] and held[2] > 1_000_000  # no full pass in the meantime
+    assert gc.get_threshold() == normal
+
+    def boom() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        await offload.run(boom, size=1 << 20)
+    assert gc.get_threshold() == normal
+    # Overlapping holds (two threads): the last one out restores the threshold.
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with full_collections_held():
+            inside.set()
+            leave.wait(5)
+
+    other = threading.Thread(target=hold)
+    with full_collections_held():
+        other.start()
+        assert inside.wait(5)
+    assert gc.get_threshold() != normal  # the other thread still holds
+    leave.set()
+    other.join()
+    assert gc.get_threshold() == normal
 
 
 # -- /metrics ------------------------------------------------------------------------------

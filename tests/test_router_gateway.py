@@ -362,6 +362,11 @@ def test_healthz_answers_while_another_process_holds_the_ledger_lock(gateway) ->
 def test_healthz_answers_while_a_10mb_prompt_is_scanned(gateway) -> None:
     home, providers, router = gateway
     token = issue_token(home, "big-prompter")
+    # A first call loads what any first call loads (the upstream client's modules, on the
+    # loop): start-up, not the scan this test is about.
+    assert post(router, token, {"model": "chat", "messages": MSG,
+                                "max_tokens": 5}).status_code == 200
+    # 10 MB with 350 000 findings (emails and phones) to redact
     text = ("call me at +1 415 555 0100 or mail jane.doe@example.com. " * 180_000)[:10_000_000]
     stop = threading.Event()
     result: list[list[float]] = []
@@ -373,9 +378,21 @@ def test_healthz_answers_while_a_10mb_prompt_is_scanned(gateway) -> None:
     finally:
         stop.set()
         poller.join()
-    assert response.status_code in (200, 403, 413), response.text[:300]
-    assert len(result[0]) > 3
-    assert max(result[0]) < 1.0, max(result[0])  # was 3.5 s with the scan on the loop
+    assert response.status_code == 200, response.text[:300]
+    sent = [m["content"] for r in providers["a"].requests + providers["b"].requests
+            for m in r.get("messages", ()) if len(str(m.get("content"))) > 1_000_000]
+    assert len(sent) == 1 and "@" not in sent[0] and "[EMAIL_REDACTED]" in sent[0]
+    latencies = sorted(result[0])
+    assert len(latencies) > 20
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    # Issue 8: under 100 ms. It was 0.45 s at most (one regex search over the whole text,
+    # full garbage collections) and 3.5 s with the scan on the loop. The p95 is held to
+    # it; the max, the slowest of ~100 answers, to 0.25 s: the prompt's token count
+    # (iron_sdk/tokens.py: tiktoken turns 3.5 M ids into a Python list) still holds the GIL
+    # for 60-90 ms at once, and on a shared 2-core machine the one answer that waits for
+    # it can pass 100 ms.
+    assert p95 < 0.1, latencies[-10:]
+    assert latencies[-1] < 0.25, latencies[-10:]
 
 
 # -- scale-out: two routers, one Redis ledger ---------------------------------------------------

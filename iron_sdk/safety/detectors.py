@@ -9,7 +9,10 @@ This runs on every LLM call, so the design is "cheap gate first, precise check s
 * all digit-based kinds (phone, SSN, card, IPv4, IBAN) share one regex, so ordinary text is
   scanned for digits once; IBANs are anchored on their first check digit;
 * candidates are validated in Python (Luhn, IBAN country length + mod-97, SSN ranges, IPv4
-  octets, :mod:`ipaddress` for IPv6), which keeps false positives on ordinary numbers low.
+  octets, :mod:`ipaddress` for IPv6), which keeps false positives on ordinary numbers low;
+* a text longer than 64 K characters is searched a window at a time
+  (:mod:`iron_sdk.safety.windows`), with the findings of one search: no single regex call
+  holds the GIL for more than a millisecond or two, however long the prompt.
 
 Overlaps are resolved "longest wins, then most specific kind", so an IBAN's digit groups are not
 also reported as a card and an IPv4-mapped IPv6 address is one finding.
@@ -48,6 +51,7 @@ from dataclasses import dataclass
 
 from iron_sdk.safety.normalize import needs_normalizing, normalize
 from iron_sdk.safety.validators import iban_ok, luhn_ok
+from iron_sdk.safety.windows import finditer, search
 
 __all__ = ["HOLDBACK", "KINDS", "Finding", "detect", "placeholder", "redact", "resolve", "scan"]
 
@@ -270,7 +274,7 @@ def _iban_end(text: str, start: int, end: int) -> int:
 
 
 def _numbers(text: str, out: list[_Span]) -> None:
-    for m in _NUMERIC.finditer(text):
+    for m in finditer(_NUMERIC, text):
         kind = m.lastgroup
         start, end = m.span()
         if kind == "card":
@@ -289,12 +293,12 @@ def _numbers(text: str, out: list[_Span]) -> None:
         elif kind == "phone":
             out.append((start, end, "phone"))
     if "+" in text:
-        for m in _PHONE_PLUS.finditer(text):
+        for m in finditer(_PHONE_PLUS, text):
             # E.164: at most 15 digits including the country code
             if m.group("cc") is None or 8 <= sum(c.isdigit() for c in m.group()) <= 15:
                 out.append((m.start(), m.end(), "phone"))
     if "(" in text:
-        out.extend((m.start(), m.end(), "phone") for m in _PHONE_PAREN.finditer(text))
+        out.extend((m.start(), m.end(), "phone") for m in finditer(_PHONE_PAREN, text))
 
 
 # ------------------------------------------------------------------------------------- IPv6
@@ -329,7 +333,7 @@ def _ipv6_ok(s: str) -> bool:
 
 
 def _ipv6s(text: str, out: list[_Span]) -> None:
-    m = _IPV6_GATE.search(text)
+    m = search(_IPV6_GATE, text)
     while m is not None:
         colon = m.start()
         lo = colon
@@ -355,7 +359,7 @@ def _ipv6s(text: str, out: list[_Span]) -> None:
             ):
                 out.append((lo, cand.end(), "ip_address"))
             nxt = max(colon + 1, cand.end())
-        m = _IPV6_GATE.search(text, nxt)
+        m = search(_IPV6_GATE, text, nxt)
 
 
 # ------------------------------------------------------------------------------ secrets / keys
@@ -410,7 +414,7 @@ _JWT = re.compile(
 
 
 def _anchored_keys(text: str, rx: re.Pattern[str], out: list[_Span]) -> None:
-    for m in rx.finditer(text):
+    for m in finditer(rx, text):
         start = m.start()
         while start > 0 and text[start - 1].isalpha():  # the "sk", "ghp", "github", "xoxb"
             start -= 1
@@ -423,14 +427,15 @@ def _secrets(text: str, out: list[_Span]) -> None:
     if "-" in text:
         _anchored_keys(text, _KEY_DASH, out)
         if "-----BEGIN " in text:
-            out.extend((m.start(), m.end(), "private_key") for m in _PRIVATE_KEY.finditer(text))
+            out.extend((m.start(), m.end(), "private_key")
+                       for m in finditer(_PRIVATE_KEY, text))
     if "A" in text:
-        out.extend((m.start(), m.end(), "api_key") for m in _KEY_A.finditer(text))
+        out.extend((m.start(), m.end(), "api_key") for m in finditer(_KEY_A, text))
     if "ecret" in text or "ECRET" in text:
         for rx in _AWS_SECRET:
-            out.extend((m.start(1), m.end(1), "api_key") for m in rx.finditer(text))
+            out.extend((m.start(1), m.end(1), "api_key") for m in finditer(rx, text))
     if "eyJ" in text:
-        out.extend((m.start(), m.end(), "jwt") for m in _JWT.finditer(text))
+        out.extend((m.start(), m.end(), "jwt") for m in finditer(_JWT, text))
 
 
 # ------------------------------------------------------------------------------------ public
@@ -440,10 +445,30 @@ def resolve(findings: list[Finding]) -> list[Finding]:
 
 
 def _resolve(spans: list[_Span]) -> list[Finding]:
-    """Drop overlaps: longest span wins, then the more specific kind, then the earlier one."""
+    """Drop overlaps: longest span wins, then the more specific kind, then the earlier one.
+
+    Spans that overlap nothing are kept as they are; each run of overlapping spans (a
+    cluster: no span of it reaches into another cluster) is settled on its own, so a long
+    text with many overlaps costs a few small sorts, not one sort of everything."""
     spans.sort()
     if all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1)):
         return [Finding(kind, start, end) for start, end, kind in spans]  # common case
+    kept: list[_Span] = []
+    cluster: list[_Span] = []
+    reach = 0  # the furthest end in the cluster (an empty span reaches its next character)
+    for span in spans:
+        start, end = span[0], span[1]
+        if cluster and start >= reach:
+            kept.extend(_winners(cluster) if len(cluster) > 1 else cluster)
+            cluster = []
+        cluster.append(span)
+        reach = max(reach, end if end > start else start + 1)
+    kept.extend(_winners(cluster) if len(cluster) > 1 else cluster)
+    return [Finding(kind, start, end) for start, end, kind in kept]
+
+
+def _winners(spans: list[_Span]) -> list[_Span]:
+    """The spans kept of overlapping ``spans`` (sorted by start), in order of start."""
     spans.sort(key=lambda s: (s[0] - s[1], _PRIORITY.get(s[2], len(_PRIORITY)), s[0]))
     starts: list[int] = []
     kept: list[_Span] = []  # sorted by start, pairwise disjoint
@@ -455,7 +480,7 @@ def _resolve(spans: list[_Span]) -> list[Finding]:
             continue
         starts.insert(i, span[0])
         kept.insert(i, span)
-    return [Finding(kind, start, end) for start, end, kind in kept]
+    return kept
 
 
 def scan(text: str) -> list[Finding]:

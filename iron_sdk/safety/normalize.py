@@ -14,9 +14,10 @@ Offsets found in the normalized text are mapped back with :meth:`Normalized.orig
 so a redaction replaces exactly the original characters, the removed ones inside included.
 
 Plain ASCII text with none of the encoded forms is returned as it is (``identity``), after a
-C-speed ``str.isascii()`` and three substring checks: that is the fast path of every scan.
+C-speed ``str.isascii()`` and a look for ``%`` and ``&``: that is the fast path of every scan.
 Other text costs one regex pass over a character class of everything that may change (built
-once per process, a few milliseconds), plus a little Python per changed character; accented
+once per process, a few milliseconds; windowed on long texts, see
+:mod:`iron_sdk.safety.windows`), plus a little Python per changed character; accented
 Latin, CJK or emoji alone leave it identity.
 """
 
@@ -27,6 +28,8 @@ import unicodedata
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import cache
+
+from iron_sdk.safety.windows import finditer
 
 __all__ = ["Normalized", "normalize", "needs_normalizing"]
 
@@ -101,7 +104,14 @@ def _char(c: str) -> str:
 
 def needs_normalizing(text: str) -> bool:
     """False for plain ASCII without an encoded '@': such text is scanned as it is."""
-    return not text.isascii() or "%40" in text or "&#" in text or "&commat;" in text
+    return not text.isascii() or _encoded_at(text)
+
+
+def _encoded_at(text: str) -> bool:
+    """Whether ``text`` may spell '@' in ASCII (one memchr each when it has no '%' or '&';
+    a search for a longer needle costs ~1 ms per MB)."""
+    return ("%" in text and "%40" in text) or (
+        "&" in text and ("&#" in text or "&commat;" in text))
 
 
 _Edit = tuple[int, int, int, int]  # normalized [start, end) came from original [start, end)
@@ -168,7 +178,7 @@ def _replacements(text: str) -> list[tuple[int, int, str]]:
     if not text.isascii():
         last = len(text) - 1
         cached = _CHAR_CACHE.get
-        for m in _candidates().finditer(text):
+        for m in finditer(_candidates(), text):
             c = m.group()
             new = cached(c) or _plan(c)
             if new is _KEEP:
@@ -179,8 +189,8 @@ def _replacements(text: str) -> list[tuple[int, int, str]]:
             ):
                 continue  # a dash or space that separates no digits (an em dash in prose)
             out.append((a, a + 1, new))
-    if "%40" in text or "&#" in text or "&commat;" in text:
-        out.extend((m.start(), m.end(), "@") for m in _AT_RX.finditer(text))
+    if _encoded_at(text):
+        out.extend((m.start(), m.end(), "@") for m in finditer(_AT_RX, text))
         out.sort()
     return out
 

@@ -8,6 +8,11 @@ allow-lists applied and the offsets mapped back to the original text::
 
 Scanners are cached per config (configs are frozen and hashable), so the regexes compile once.
 Detector plugins (``iron_detect``) are given the config in force as an argument.
+
+Long texts are searched a window at a time (:mod:`iron_sdk.safety.windows`) with exactly
+re's matches, custom patterns included; the one exception is a custom pattern with an open
+repeat (``+``, ``*``, ``{n,}``) and no literal first character, whose match attempts see
+at most ``MAX_REACH`` (4096) characters past a window's edge.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING
 from iron_sdk.safety.detectors import HOLDBACK, KINDS, Finding, detect, resolve
 from iron_sdk.safety.normalize import normalize
 from iron_sdk.safety.validators import VALIDATORS
+from iron_sdk.safety.windows import finditer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,7 +69,7 @@ class Scanner:
         found = detect(ntext)
         if self._custom:
             for rx, kind, validator in self._custom:
-                for m in rx.finditer(ntext):
+                for m in finditer(rx, ntext):
                     if m.end() > m.start() and (validator is None or validator(
                             m.group("value") if "value" in rx.groupindex else m.group())):
                         found.append(Finding(kind, m.start(), m.end()))
