@@ -57,6 +57,21 @@ _COUNTS_MAX = 8192
 _CACHEABLE = 32_768  # characters
 
 
+_BIG = 1 << 20  # characters: above this, count without a list of token ids
+
+
+def _count(enc: Any, text: str) -> int:
+    """How many tokens ``text`` is. A multi-MB text is counted from tiktoken's token
+    buffer: the list of millions of ids ``encode_ordinary`` builds would hold the GIL for
+    ~80 ms (a router's event loop waits that long). Same count either way."""
+    if len(text) > _BIG:
+        core = getattr(enc, "_core_bpe", None)
+        to_buffer = getattr(core, "encode_to_tiktoken_buffer", None)
+        if to_buffer is not None:  # tiktoken's own numpy-free path (encode_to_numpy)
+            return memoryview(to_buffer(text, set())).nbytes // 4
+    return len(enc.encode_ordinary(text))
+
+
 def count_text(model: str, text: str) -> int:
     if not text:
         return 0
@@ -65,7 +80,7 @@ def count_text(model: str, text: str) -> int:
     if n is not None:
         return n
     try:
-        n = len(_encoder(model).encode_ordinary(text))
+        n = _count(_encoder(model), text)
     except Exception:  # no tokenizer available: a safe over-estimate (1 token ≤ 1 byte)
         n = len(text.encode())
     if len(text) <= _CACHEABLE:

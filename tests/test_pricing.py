@@ -383,3 +383,13 @@ def test_audio_and_file_estimates() -> None:
           b"3 0 obj << /Type/Page >>\n%%EOF"
     assert file_tokens("claude-sonnet-4-5", pdf) == 2 * (3000 + 1600)
     assert file_tokens("gpt-4o", b"a" * 1000) == 500
+
+
+def test_a_multi_megabyte_text_is_counted_like_any_other() -> None:
+    """Texts over 1 MB are counted from tiktoken's token buffer (no list of millions of
+    ids holding the GIL); the count is the tokenizer's own."""
+    from iron_sdk.tokens import _BIG, _encoder, count_text
+
+    text = "Call +1 415 555 0100 or mail jane.doe@example.com about ünïcode. " * 20_000
+    assert len(text) > _BIG
+    assert count_text("gpt-4o-mini", text) == len(_encoder("gpt-4o-mini").encode_ordinary(text))
