@@ -51,11 +51,20 @@ _SCHEMA = (
 _BUMP = "UPDATE policy_version SET version = version + 1 WHERE id = 0"
 
 
+_PURGE_BUCKETS = "DELETE FROM rate_buckets WHERE scope = ? AND second <= ?"
+_WINDOW_SUMS = ("SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(tokens), 0) FROM rate_buckets "
+                "WHERE scope = ? AND second > ?")
+_WINDOW_BUCKETS = "SELECT second, requests, tokens FROM rate_buckets WHERE scope = ? AND second > ?"
+_COUNT_REQUEST = ("INSERT INTO rate_buckets VALUES (?, ?, 1, ?) ON CONFLICT (scope, second) "
+                  "DO UPDATE SET requests = requests + 1, tokens = tokens + excluded.tokens")
+
+
 class SQLitePolicyStore(PolicyStore):
     """Policy in the SQLite file at ``path`` (the ledger's), safe across processes."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 10.0) -> None:
         super().__init__()
+        self._purged: dict[str, int] = {}  # scope -> the second its old buckets last went
         self._path = Path(path)
         self._timeout = busy_timeout_s
         self._lock = threading.Lock()
@@ -163,18 +172,21 @@ class SQLitePolicyStore(PolicyStore):
     # -- rate limits ---------------------------------------------------------------------
     def take(self, scope: str, tokens: int, rpm: int | None, tpm: int | None,
              now: float) -> float | None:
+        after, second = live_after(now), bucket_of(now)
         with self._tx() as conn:
-            conn.execute("DELETE FROM rate_buckets WHERE scope = ? AND second <= ?",
-                         (scope, live_after(now)))
-            buckets = conn.execute("SELECT second, requests, tokens FROM rate_buckets "
-                                   "WHERE scope = ?", (scope,)).fetchall()
-            wait = window_decision(buckets, now, tokens, rpm, tpm)
-            if wait is None:
-                conn.execute("INSERT INTO rate_buckets VALUES (?, ?, 1, ?) ON CONFLICT "
-                             "(scope, second) DO UPDATE SET requests = requests + 1, "
-                             "tokens = tokens + excluded.tokens",
-                             (scope, bucket_of(now), tokens))
-        return wait
+            if self._purged.get(scope) != second:  # old buckets go once a second, not per call
+                conn.execute(_PURGE_BUCKETS, (scope, after))
+                if len(self._purged) >= 1024:
+                    self._purged.clear()
+                self._purged[scope] = second
+            # The window's sums decide; the buckets themselves only when the call is refused
+            # (to say how long to wait).
+            requests, used = conn.execute(_WINDOW_SUMS, (scope, after)).fetchone()
+            if (rpm is None or requests + 1 <= rpm) and (tpm is None or used + tokens <= tpm):
+                conn.execute(_COUNT_REQUEST, (scope, second, tokens))
+                return None
+            buckets = conn.execute(_WINDOW_BUCKETS, (scope, after)).fetchall()
+        return window_decision(buckets, now, tokens, rpm, tpm)
 
     # -- tokens ----------------------------------------------------------------------------
     def record_token(self, record: TokenRecord) -> None:
