@@ -40,7 +40,13 @@ from iron_router.config import Route, RouterConfig
 from iron_router.deployments import Deployments, Plan, deployment_label
 from iron_router.errors import error_response
 from iron_router.sse import relay_litellm, relay_sse
-from iron_router.upstream import Upstream, UpstreamError, UpstreamUnreachable, litellm_error
+from iron_router.upstream import (
+    Upstream,
+    UpstreamError,
+    UpstreamUnreachable,
+    cause_of,
+    litellm_error,
+)
 from iron_sdk.call import LlmCall
 from iron_sdk.errors import (
     CircuitOpenError,
@@ -365,8 +371,7 @@ async def _chat_attempt(st: RouterState, ex: Exchange, route: Route, raw: bytes,
         raise
     except Exception as exc:  # nothing was metered: the first event never came whole
         await _close_quietly(response.aclose)
-        cause = ("FirstByteTimeout" if isinstance(exc, TimeoutError) else
-                 exc.cause if isinstance(exc, UpstreamUnreachable) else type(exc).__name__)
+        cause = "FirstByteTimeout" if isinstance(exc, TimeoutError) else cause_of(exc)
         raise _unreachable(route, UpstreamUnreachable(cause)) from None
     ex.plan.succeeded(route)
     deadline = started + st.settings.upstream_timeout_s
@@ -443,8 +448,7 @@ async def _watched(st: RouterState, ex: Exchange, route: Route, first: bytes | N
                     return
                 except Exception as exc:  # dropped or timed out mid-stream: the
                     ex.plan.failed(route)  # deployment's fault; the client is told
-                    cause = (exc.cause if isinstance(exc, UpstreamUnreachable)
-                             else type(exc).__name__)
+                    cause = cause_of(exc)
                     cls = UpstreamTimeoutError if "Timeout" in cause else UpstreamUnreachableError
                     raise StreamStopped(cls(
                         f"The upstream for model '{route.model_name}' broke off the stream "

@@ -63,9 +63,11 @@ def _aiohttp() -> Any:
     return aiohttp
 
 
-def _cause(exc: BaseException) -> str:
+def cause_of(exc: BaseException) -> str:
     """A transport failure's name, in one vocabulary whatever the client library
     (httpx's words, which the router's messages and audit events have always used)."""
+    if isinstance(exc, UpstreamUnreachable):
+        return exc.cause
     aiohttp = _aiohttp()
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return "ConnectTimeout"
@@ -99,7 +101,7 @@ class UpstreamResponse:
             async for chunk in self._raw.content.iter_any():
                 yield chunk
         except (_aiohttp().ClientError, TimeoutError) as exc:
-            raise UpstreamUnreachable(_cause(exc)) from exc
+            raise UpstreamUnreachable(cause_of(exc)) from exc
 
     async def aclose(self) -> None:
         """Done with the body: a connection read to the end goes back to the pool, one
@@ -110,9 +112,9 @@ class UpstreamResponse:
 class Upstream:
     """Provider connections shared by every request of the router.
 
-    OpenAI-compatible upstreams are spoken to with aiohttp: bytes in, bytes out, at about
-    a sixth of httpx's CPU per request (``benchmarks/router_overhead.py``); its C HTTP
-    parser and lean connection pool are most of the router's CPU budget."""
+    OpenAI-compatible upstreams are spoken to with aiohttp: bytes in, bytes out. Its C
+    HTTP parser and callback-based pool cost about a sixth of httpx's client CPU per
+    request (0.1 vs 0.6 ms at 32 concurrent on loopback)."""
 
     def __init__(self, settings: RouterSettings, secrets: tuple[str, ...] = ()) -> None:
         self.settings = settings
@@ -176,7 +178,7 @@ class Upstream:
             finally:
                 raw.release()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnreachable(_cause(exc)) from exc
+            raise UpstreamUnreachable(cause_of(exc)) from exc
 
     def scrub(self, data: bytes) -> bytes:
         """Remove any provider key an upstream echoed into an error body."""
