@@ -16,22 +16,13 @@ from iron_sdk.cli import main as cli
 from iron_sdk.errors import InvalidTokenError
 from iron_sdk.home import ensure_home, secure_file
 from iron_sdk.identity import KEYRING, TokenVerifier, issue_token, key_id, rotate_key
+from tests.ledgers import Clock
 
 DAY = 86400.0
 
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-class Clock:
-    """A wall clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- files ---------------------------------------------------------------------------------

@@ -21,18 +21,14 @@ from iron_sdk.ledger import (
     UsageRow,
     open_ledger,
 )
+from tests.ledgers import KINDS, make_ledger
 
 AGENT, TEAM, GLOBAL = "agent:research-bot", "team:search", "global"
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=KINDS)
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "memory":
-        led: Ledger = MemoryLedger()
-    elif request.param == "sqlite":
-        led = SQLiteLedger(tmp_path / "sub" / "ledger.db")
-    else:
-        led = open_ledger(request.getfixturevalue("redis_url"))
+    led = make_ledger(request, tmp_path / "sub" / "ledger.db")
     yield led
     led.close()
 

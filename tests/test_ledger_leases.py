@@ -13,19 +13,12 @@ from iron_sdk import Runtime, RuntimeConfig
 from iron_sdk.call import Usage
 from iron_sdk.config import BudgetConfig
 from iron_sdk.errors import BudgetExceededError
-from iron_sdk.ledger import Ledger, MemoryLedger, ScopeState, SQLiteLedger, UsageRow, open_ledger
+from iron_sdk.ledger import Ledger, MemoryLedger, ScopeState, SQLiteLedger, UsageRow
 from iron_sdk.ledger.leases import LeaseKeeper
 from iron_sdk.request import LlmRequest
+from tests.ledgers import KINDS, Clock, make_ledger
 
 AGENT, GLOBAL = "agent:bot", "global"
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -35,14 +28,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return c
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=KINDS)
 def ledger(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[Ledger]:
-    if request.param == "memory":
-        led: Ledger = MemoryLedger()
-    elif request.param == "sqlite":
-        led = SQLiteLedger(tmp_path / "ledger.db")
-    else:
-        led = open_ledger(request.getfixturevalue("redis_url"))
+    led = make_ledger(request, tmp_path / "ledger.db")
     led.set_limit(AGENT, 100)
     yield led
     led.close()

@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from iron_sdk.errors import BudgetExceededError
-from iron_sdk.ledger import Ledger, MemoryLedger, ScopeState, SQLiteLedger, UsageRow, open_ledger
+from iron_sdk.ledger import Ledger, ScopeState, SQLiteLedger, UsageRow, open_ledger
+from tests.ledgers import KINDS, Clock, make_ledger
 
 AGENT = "agent:bot"
 UTC = ZoneInfo("UTC")
@@ -25,16 +26,6 @@ def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: 
     return dt.datetime(year, month, day, hour, minute, second, tzinfo=zone).timestamp()
 
 
-class Clock:
-    """Stands in for time.time(): the ledgers read the wall clock through it."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock(at(2026, 3, 10, 12))
@@ -42,14 +33,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return c
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=KINDS)
 def ledger(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[Ledger]:
-    if request.param == "memory":
-        led: Ledger = MemoryLedger()
-    elif request.param == "sqlite":
-        led = SQLiteLedger(tmp_path / "ledger.db")
-    else:
-        led = open_ledger(request.getfixturevalue("redis_url"))
+    led = make_ledger(request, tmp_path / "ledger.db")
     yield led
     led.close()
 
