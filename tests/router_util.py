@@ -1,4 +1,5 @@
-"""Start and stop a real ``iron-runtime --mode=router`` process for tests and benchmarks."""
+"""Start and stop a real ``iron-runtime --mode=router`` process for tests and benchmarks;
+run the real CLI; wait for what another process does."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +27,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_cli(home: Path, *args: str, ledger: str | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    """The real ``iron-runtime`` in its own process (what an operator types)."""
+    env = {"IRON_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    if ledger:
+        env["IRON_LEDGER"] = ledger
+    return subprocess.run([sys.executable, "-m", "iron_sdk.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=check)
+
+
+def wait_until(predicate: Callable[[], Any], what: str = "the condition",
+               timeout_s: float = 20.0) -> Any:
+    """The first true value of ``predicate()`` (fails after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def seconds_until(predicate: Callable[[], Any], timeout_s: float) -> float:
+    """Seconds until ``predicate()`` is true (fails after ``timeout_s``)."""
+    start = time.monotonic()
+    wait_until(predicate, f"it within {timeout_s}s", timeout_s)
+    return time.monotonic() - start
 
 
 class RouterProcess:

@@ -5,10 +5,7 @@ and applies to the router's next request; CLI changes reach the running router w
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ from iron_sdk.identity import issue_token
 from iron_sdk.ledger import SQLiteLedger
 from iron_sdk.policies.audit import read_events
 from iron_sdk.standin import StandInProvider
-from tests.router_util import ROOT, RouterProcess
+from tests.router_util import RouterProcess, run_cli, seconds_until
 
 PROVIDER_KEY = "sk-provider-admin-test-0a1b2c3d"
 MSG = [{"role": "user", "content": "Say hello to the admin."}]
@@ -53,21 +50,6 @@ def _admin(router: RouterProcess, token: str | None, method: str, path: str,
     return httpx.request(method, router.url + "/v1/admin" + path, content=content,
                          headers={**headers, "content-type": "application/json"},
                          timeout=30, **kwargs)
-
-
-def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "iron_sdk.cli", *args], cwd=ROOT,
-                          env={"IRON_HOME": str(home), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=60)
-
-
-def _within(predicate: Callable[[], bool], timeout_s: float) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError(f"not within {timeout_s}s")
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 def _code(response: httpx.Response) -> str:
@@ -113,7 +95,7 @@ def test_policy_changes_apply_to_the_next_request_and_are_audited(setup):
     assert _chat(router, bob, max_tokens=50).status_code == 200
     assert _admin(router, admin, "DELETE", "/policies/bob").json()["stored"] == {}
 
-    _within(lambda: len([e for e in read_events(home / "audit.jsonl")
+    seconds_until(lambda: len([e for e in read_events(home / "audit.jsonl")
                          if e["type"] == "admin_change"]) >= 3, 5)
     events = [e for e in read_events(home / "audit.jsonl") if e["type"] == "admin_change"]
     assert [e["action"] for e in events][:3] == ["policy_set", "policy_clear", "policy_clear"]
@@ -149,14 +131,14 @@ def test_kill_switch_and_revocation_over_the_api(setup):
 
 def test_cli_changes_reach_the_running_router_within_a_second(setup):
     home, router, _ = setup
-    dave = _cli(home, "token", "issue", "--agent", "dave").stdout.strip()
+    dave = run_cli(home, "token", "issue", "--agent", "dave").stdout.strip()
     assert _chat(router, dave).status_code == 200
-    assert _cli(home, "agent", "disable", "dave").returncode == 0
-    assert _within(lambda: _chat(router, dave).status_code == 403, 1.0) < 1.0
-    assert _cli(home, "agent", "enable", "dave").returncode == 0
-    _within(lambda: _chat(router, dave).status_code == 200, 1.0)
-    assert _cli(home, "token", "revoke", "--agent", "dave").returncode == 0
-    assert _within(lambda: _chat(router, dave).status_code == 401, 1.0) < 1.0
+    assert run_cli(home, "agent", "disable", "dave").returncode == 0
+    assert seconds_until(lambda: _chat(router, dave).status_code == 403, 1.0) < 1.0
+    assert run_cli(home, "agent", "enable", "dave").returncode == 0
+    seconds_until(lambda: _chat(router, dave).status_code == 200, 1.0)
+    assert run_cli(home, "token", "revoke", "--agent", "dave").returncode == 0
+    assert seconds_until(lambda: _chat(router, dave).status_code == 401, 1.0) < 1.0
     admin = _admin_token(home)
     tokens = _admin(router, admin, "GET", "/tokens", params={"agent": "dave"}).json()["tokens"]
     assert len(tokens) == 1 and tokens[0]["revoked"] is not None

@@ -26,8 +26,8 @@ from iron_sdk import (
 from iron_sdk.identity import issue_token
 from iron_sdk.ledger import SQLiteLedger
 from iron_sdk.policies.audit import read_events
-from tests.router_util import RouterProcess
-from tests.test_router import provider_env, wait_until
+from tests.router_util import RouterProcess, wait_until
+from tests.test_router import provider_env
 
 MSG = [{"role": "user", "content": "Summarise the plan."}]
 CAP_MICRO = 1_000  # $0.001

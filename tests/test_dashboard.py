@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 from iron_sdk.identity import issue_token
 from iron_sdk.policies.audit import read_events
 from iron_sdk.standin import StandInProvider
-from tests.router_util import ROOT, RouterProcess, free_port
+from tests.router_util import ROOT, RouterProcess, free_port, run_cli, wait_until
 
 PROMPT_MARKER = "PROMPT-MARKER-d41e9"  # in every prompt: must never reach a page
 EMAIL = "erin.secret@example.com"
@@ -55,22 +55,7 @@ class Setup:
 
 def _issue(home: Path, agent: str, *extra: str) -> str:
     """Through the CLI, so the token is recorded for the tokens page."""
-    out = subprocess.run([sys.executable, "-m", "iron_sdk.cli", "token", "issue", "--agent",
-                          agent, *extra], cwd=ROOT, env={"IRON_HOME": str(home),
-                                                         "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, timeout=60, check=True)
-    return out.stdout.strip()
-
-
-def _within(predicate: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s}s")
-        time.sleep(0.05)
+    return run_cli(home, "token", "issue", "--agent", agent, *extra, check=True).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +73,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         assert s.chat("gamma", f"Write to {EMAIL} please.").status_code == 403  # PII: blocked
         httpx.put(r.url + "/v1/admin/budgets/alpha", json={"usd": 5},
                   headers={"Authorization": f"Bearer {s.admin}"}, timeout=30).raise_for_status()
-        _within(lambda: sum(e["type"] == "call_completed" for e in s.events()) >= 6)
+        wait_until(lambda: sum(e["type"] == "call_completed" for e in s.events()) >= 6)
         yield s
 
 
@@ -186,7 +171,7 @@ def test_a_new_call_appears_live_without_reload(setup, browser, tmp_path):
     By = _by()
     browser.get(setup.url + "/live")
     browser.execute_script("window.__sameDocument = true;")
-    _within(lambda: "on" in browser.find_element(By.ID, "live-status").get_attribute("class"))
+    wait_until(lambda: "on" in browser.find_element(By.ID, "live-status").get_attribute("class"))
     assert setup.chat("delta", model="gpt-4o").status_code == 200
 
     def delta_row() -> Any:
@@ -195,7 +180,7 @@ def test_a_new_call_appears_live_without_reload(setup, browser, tmp_path):
                 return row
         return None
 
-    row = _within(delta_row, 15)
+    row = wait_until(delta_row, timeout_s=15)
     assert browser.execute_script("return window.__sameDocument === true;")  # no reload
     text = row.text
     assert "gpt-4o" in text and "allowed" in text and "$" in text and "→" in text
@@ -219,11 +204,11 @@ def test_signing_in_and_disabling_an_agent_refuses_its_next_call(setup, browser,
     browser.get(setup.url + "/login")
     browser.find_element(By.NAME, "token").send_keys(setup.admin)
     browser.find_element(By.CSS_SELECTOR, "form.stack button").click()
-    _within(lambda: "admin · ops" in _text(browser, ".who"))
+    wait_until(lambda: "admin · ops" in _text(browser, ".who"))
     cookie = browser.get_cookie("iron_ui_admin")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     browser.find_element(By.CSS_SELECTOR, 'button[data-disable="beta"]').click()
-    _within(lambda: "agent:beta disabled" in _text(browser, "main"))
+    wait_until(lambda: "agent:beta disabled" in _text(browser, "main"))
     row = browser.find_element(By.CSS_SELECTOR, '#agents tr[data-agent="beta"]')
     assert "disabled" in row.text
     _shot(browser, tmp_path, "disabled")
@@ -231,7 +216,7 @@ def test_signing_in_and_disabling_an_agent_refuses_its_next_call(setup, browser,
     response = setup.chat("beta")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "agent_disabled"
-    change = _within(lambda: [e for e in setup.events() if e["type"] == "admin_change"
+    change = wait_until(lambda: [e for e in setup.events() if e["type"] == "admin_change"
                               and e.get("action") == "agent_disable"])
     assert change[-1]["scope"] == "agent:beta" and change[-1]["actor"] == "ops"
     assert change[-1]["via"] == "dashboard"
@@ -239,13 +224,13 @@ def test_signing_in_and_disabling_an_agent_refuses_its_next_call(setup, browser,
     # enable it again, and set a budget with the form
     row = browser.find_element(By.CSS_SELECTOR, '#agents tr[data-agent="beta"]')
     row.find_element(By.CSS_SELECTOR, 'button[value="enable"]').click()
-    _within(lambda: "agent:beta enabled" in _text(browser, "main"))
+    wait_until(lambda: "agent:beta enabled" in _text(browser, "main"))
     assert setup.chat("beta").status_code == 200
     form = browser.find_element(By.ID, "budget-form")
     form.find_element(By.NAME, "scope").send_keys("beta")
     form.find_element(By.NAME, "usd").send_keys("2.5")
     form.find_element(By.TAG_NAME, "button").click()
-    _within(lambda: "Budget of agent:beta: $2.50" in _text(browser, "main"))
+    wait_until(lambda: "Budget of agent:beta: $2.50" in _text(browser, "main"))
     row = browser.find_element(By.CSS_SELECTOR, '#agents tr[data-agent="beta"]')
     assert "$2.50" in row.text
     budget = httpx.get(setup.router.url + "/v1/admin/budgets/beta", timeout=30,
@@ -263,7 +248,7 @@ def test_revoking_a_token_in_the_browser(setup, browser, tmp_path):
     mine = [r for r in rows if "epsilon" in r.text]
     assert len(mine) == 1 and "valid" in mine[0].text
     mine[0].find_element(By.CSS_SELECTOR, "button.danger").click()
-    _within(lambda: "revoked" in _text(browser, "main"))
+    wait_until(lambda: "revoked" in _text(browser, "main"))
     row = [r for r in browser.find_elements(By.CSS_SELECTOR, "#tokens tbody tr")
            if "epsilon" in r.text][0]
     assert "revoked" in row.text
@@ -383,7 +368,7 @@ def test_library_mode_dashboard_reads_the_same_home(setup):
             except httpx.HTTPError:
                 return False
 
-        _within(up, 30)
+        wait_until(up, timeout_s=30)
         page = httpx.get(url + "/", follow_redirects=True, timeout=30).text
         assert 'data-agent="alpha"' in page and "$5.00" in page
         spend = httpx.get(url + "/ui/spend?window=hour", timeout=30).text

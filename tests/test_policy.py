@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +45,7 @@ from iron_sdk.policy import (
 )
 from iron_sdk.policy.store import WINDOW_S, window_decision
 from iron_sdk.request import LlmRequest
+from tests.router_util import run_cli, seconds_until
 
 MSG = [{"role": "user", "content": "Say hello to the operator."}]
 MINI = "gpt-4o-mini"
@@ -57,25 +56,6 @@ def _store(runtime: Runtime) -> PolicyStore:
     store = runtime.pm.get_plugin("iron.operator").store
     assert store is not None
     return store
-
-
-def _run_cli(home: Path, *args: str, ledger: str | None = None) -> subprocess.CompletedProcess:
-    """The real ``iron-runtime`` in its own process (what an operator types)."""
-    env = {"IRON_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    if ledger:
-        env["IRON_LEDGER"] = ledger
-    return subprocess.run([sys.executable, "-m", "iron_sdk.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
-def _until(predicate: Callable[[], Any], timeout_s: float) -> float:
-    """Seconds until ``predicate()`` is true (fails after ``timeout_s``)."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError(f"not within {timeout_s}s")
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 def _refused(fn: Callable[[], Any], error: type[BaseException]) -> Callable[[], bool]:
@@ -143,15 +123,16 @@ def test_store_records_versions_and_revocations(backend, tmp_path, request):
         store.clear("agent:a", ["rpm"])
         assert store.get("agent:a") == Policy(models=("gpt-4o*",), tpm=100)
         assert store.version() > v0
-        _until(lambda: other.snapshot().policies.get("agent:a") == store.get("agent:a"), 1.0)
+        seconds_until(
+            lambda: other.snapshot().policies.get("agent:a") == store.get("agent:a"), 1.0)
         store.clear("agent:a")
         assert store.all() == {}
         claims = {"sub": "a", "jti": "j1", "iat": 1000}
         assert other.is_revoked(claims) is None
         store.revoke_token("j1", 2000.0)
-        _until(lambda: other.is_revoked(claims) is not None, 1.0)
+        seconds_until(lambda: other.is_revoked(claims) is not None, 1.0)
         store.revoke_agent("b", 1500.0)
-        _until(lambda: other.is_revoked({"sub": "b", "jti": "x", "iat": 1500}), 1.0)
+        seconds_until(lambda: other.is_revoked({"sub": "b", "jti": "x", "iat": 1500}), 1.0)
         assert other.is_revoked({"sub": "b", "jti": "y", "iat": 1501}) is None
         assert other.is_revoked({"sub": "b", "jti": "z"}) is not None  # no iat: revoked
     finally:
@@ -339,16 +320,16 @@ def test_a_cli_change_reaches_a_running_runtime_within_a_second(runtime, provide
                                                                 iron_home):
     run = _agent(client, "live")
     run()
-    done = _run_cli(iron_home, "policy", "set", "live", "--models", "claude-*")
+    done = run_cli(iron_home, "policy", "set", "live", "--models", "claude-*")
     assert done.returncode == 0, done.stderr
-    assert _until(_refused(run, ModelNotAllowedError), 1.0) < 1.0
-    done = _run_cli(iron_home, "policy", "clear", "live", "--models")
+    assert seconds_until(_refused(run, ModelNotAllowedError), 1.0) < 1.0
+    done = run_cli(iron_home, "policy", "clear", "live", "--models")
     assert done.returncode == 0, done.stderr
-    _until(lambda: not _refused(run, ModelNotAllowedError)(), 1.0)
+    seconds_until(lambda: not _refused(run, ModelNotAllowedError)(), 1.0)
 
 
 def test_revoked_token_is_refused_within_a_second(runtime, provider, client, iron_home):
-    done = _run_cli(iron_home, "token", "issue", "--agent", "holder")
+    done = run_cli(iron_home, "token", "issue", "--agent", "holder")
     assert done.returncode == 0, done.stderr
     token = done.stdout.strip()
     other = issue_token(iron_home, "holder2")
@@ -362,19 +343,19 @@ def test_revoked_token_is_refused_within_a_second(runtime, provider, client, iro
     call(token)
     session = runtime.open_session(ic_token=token)  # a long-lived session
 
-    assert _run_cli(iron_home, "token", "revoke", token).returncode == 0
-    _until(_refused(lambda: call(token), InvalidTokenError), 1.0)
+    assert run_cli(iron_home, "token", "revoke", token).returncode == 0
+    seconds_until(_refused(lambda: call(token), InvalidTokenError), 1.0)
     with pytest.raises(InvalidTokenError, match="revoked"):
         runtime.begin_call(session, LlmRequest.chat(MINI, MSG))
     call(other)  # another agent's token still works
 
-    assert _run_cli(iron_home, "token", "revoke", "--agent", "holder2").returncode == 0
-    _until(_refused(lambda: call(other), InvalidTokenError), 1.0)
-    listed = json.loads(_run_cli(iron_home, "token", "list", "--json").stdout)["tokens"]
+    assert run_cli(iron_home, "token", "revoke", "--agent", "holder2").returncode == 0
+    seconds_until(_refused(lambda: call(other), InvalidTokenError), 1.0)
+    listed = json.loads(run_cli(iron_home, "token", "list", "--json").stdout)["tokens"]
     assert [(t["agent"], t["revoked"] is not None) for t in listed] == [("holder", True)]
     # A token issued after the revocation is good (iat has whole seconds: the next one).
     revoked_at = time.time()
-    _until(lambda: int(time.time()) > revoked_at, 1.1)
+    seconds_until(lambda: int(time.time()) > revoked_at, 1.1)
     call(issue_token(iron_home, "holder2"))
 
 
@@ -421,9 +402,9 @@ def test_redis_ledger_runtime_sees_policy_from_another_process(redis_url, iron_h
     try:
         run = _agent(client, "far")
         run()
-        done = _run_cli(iron_home, "agent", "disable", "far", ledger=redis_url)
+        done = run_cli(iron_home, "agent", "disable", "far", ledger=redis_url)
         assert done.returncode == 0, done.stderr
-        assert _until(_refused(run, AgentDisabledError), 1.0) < 1.0
+        assert seconds_until(_refused(run, AgentDisabledError), 1.0) < 1.0
     finally:
         set_runtime(previous)
         rt.close()

@@ -30,9 +30,9 @@ from iron_sdk.policies.audit import read_events
 from iron_sdk.remote import RemoteRuntime
 from iron_sdk.request import read_request
 from tests.helpers import expected_micro
-from tests.router_util import RouterProcess
+from tests.router_util import RouterProcess, wait_until
 from tests.test_http_mode import PRICES, router  # noqa: F401 - the module's router fixture
-from tests.test_router import provider_env, settled, wait_until
+from tests.test_router import provider_env, settled
 
 EMAIL = "jane.doe@example.com"
 REDACTED = "[EMAIL_REDACTED]"

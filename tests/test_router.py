@@ -13,8 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from iron_sdk.ledger import ScopeState, SQLiteLedger
 from iron_sdk.policies.audit import read_events
 from iron_sdk.standin import StandInProvider, prompt_tokens
 from tests.helpers import expected_micro
-from tests.router_util import ROOT, RouterProcess, free_port
+from tests.router_util import ROOT, RouterProcess, free_port, wait_until
 
 PROVIDER_KEY = "sk-provider-7f3c9a1e5b2d4c6f8a0b"
 ANTHROPIC_KEY = "sk-ant-provider-51c0ffee2b7d9e3a"
@@ -36,17 +35,6 @@ MINI = "gpt-4o-mini"
 
 
 # -- helpers ------------------------------------------------------------------------------
-def wait_until(predicate: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def ledger_state(home: Path, scope: str) -> ScopeState:
     ledger = SQLiteLedger(home / "ledger.db")
     try:

@@ -28,7 +28,7 @@ from iron_sdk.identity import issue_token
 from iron_sdk.policies.audit import read_events
 from iron_sdk.policies.reliability import DeploymentBreakers
 from iron_sdk.standin import StandInProvider
-from tests.router_util import ROOT, RouterProcess
+from tests.router_util import ROOT, RouterProcess, wait_until
 from tests.test_router import (
     MSG,
     audit,
@@ -37,7 +37,6 @@ from tests.test_router import (
     post,
     set_budget,
     sse_events,
-    wait_until,
 )
 
 PRICED = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}

@@ -19,8 +19,8 @@ from iron_router.deployments import Deployments
 from iron_sdk.identity import issue_token
 from iron_sdk.policies.reliability import DeploymentBreakers
 from iron_sdk.standin import StandInProvider
-from tests.router_util import RouterProcess, free_port
-from tests.test_router import MSG, wait_until
+from tests.router_util import RouterProcess, free_port, wait_until
+from tests.test_router import MSG
 from tests.test_router_gateway import deployment
 
 KEY = ("chat", "http://bob:s3cret@10.0.0.7:8000/v1?api-key=k3y")
