@@ -16,6 +16,10 @@ import os
 import statistics
 import tempfile
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iron_sdk.runtime import Runtime
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ["IRON_HOME"] = tempfile.mkdtemp(prefix="iron-bench-")
@@ -34,18 +38,19 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def timed(runtime: object, agent: str) -> list[float]:
+def timed(runtime: Runtime, agent: str) -> list[float]:
     from iron_sdk.call import Usage
+    from iron_sdk.request import LlmRequest
 
-    session = runtime.open_session(agent)  # type: ignore[attr-defined]
+    session = runtime.open_session(agent)
     messages = [{"role": "user", "content": "Summarise the plan in one line."}]
     usage = Usage(input_tokens=20, output_tokens=12)
     samples = []
     for i in range(ROUNDS + WARM):
         t = time.perf_counter()
-        call = runtime.begin_call(session, model="gpt-4o-mini",  # type: ignore[attr-defined]
-                                  messages=messages, max_tokens=32)
-        runtime.settle_call(call, usage)  # type: ignore[attr-defined]
+        call = runtime.begin_call(session, LlmRequest.chat("gpt-4o-mini", messages,
+                                                            max_tokens=32))
+        runtime.settle_call(call, usage)
         if i >= WARM:
             samples.append(time.perf_counter() - t)
     return samples

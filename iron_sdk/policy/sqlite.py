@@ -20,6 +20,7 @@ from typing import Any
 
 from iron_sdk.errors import RuntimeUnavailableError
 from iron_sdk.policy.model import Policy
+from iron_sdk.policy.rate_windows import NoWindow, RateWindows
 from iron_sdk.policy.store import (
     PolicyStore,
     TokenRecord,
@@ -75,6 +76,8 @@ class SQLitePolicyStore(PolicyStore):
         self._checked = 0.0
         self._data_version = -1
         self._version = 0
+        # Rate windows in shared memory beside the file; in SQL for an in-memory database.
+        self._windows = None if str(path) == ":memory:" else RateWindows(self._path)
         with self._tx() as conn:
             for stmt in _SCHEMA:
                 conn.execute(stmt)
@@ -172,6 +175,9 @@ class SQLitePolicyStore(PolicyStore):
     # -- rate limits ---------------------------------------------------------------------
     def take(self, scope: str, tokens: int, rpm: int | None, tpm: int | None,
              now: float) -> float | None:
+        if self._windows is not None:
+            with contextlib.suppress(NoWindow):
+                return self._windows.take(scope, tokens, rpm, tpm, now)
         after, second = live_after(now), bucket_of(now)
         with self._tx() as conn:
             if self._purged.get(scope) != second:  # old buckets go once a second, not per call
@@ -234,6 +240,8 @@ class SQLitePolicyStore(PolicyStore):
         self._force_reread()
 
     def close(self) -> None:
+        if self._windows is not None:
+            self._windows.close()
         with self._lock, self._vlock:
             for conn in (self._conn, self._vconn):
                 if conn is not None:
