@@ -22,6 +22,10 @@ A stand-in provider process (``python -m iron_sdk.standin``) and a router proces
 
 ``--policies`` gives the agent an operator policy (model allowlist, rpm and tpm limits)
 and a budget, so the operator-policy checks and the ledger reservation are on the path.
+``--against CHECKOUT`` runs another checkout's router (its own ``.venv``; a worktree of
+the commit before a change) beside this one: 1 then interleaves rounds of direct, this
+router and that one in rotating order, 2 alternates their phases, and ``after_vs_before``
+gives the ratios; on a noisy machine that is the comparison to trust.
 
 Targets: added ≤ 0.6 ms p50; router CPU ≤ 0.5 ms per request at 32 concurrent; SDK round
 trip ≤ 1 ms p50. JSON last.
@@ -79,39 +83,42 @@ def start_standin(fast: bool) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-def added_latency(direct: str, gateway: str, auth: str, name: str = "router"
-                  ) -> dict[str, float]:
-    """Interleaved pairs: the stand-in directly, then through ``gateway`` (its
-    ``/v1/chat/completions`` with ``auth``), or the other way round."""
+def added_latency(direct: str, gateways: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """Interleaved rounds: the stand-in directly and through each gateway (name → its
+    base URL and auth), in an order that rotates every round; added = gateway − direct
+    within a round, so a slow moment of the machine weighs on every side alike."""
     data = json.dumps(BODY).encode()
     headers = {"content-type": "application/json"}
-    with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
-        def one(client: httpx.Client, url: str, auth: str) -> float:
+    targets = [("direct", f"{direct}/chat/completions", "Bearer sk-bench")] + [
+        (name, f"{url}/v1/chat/completions", auth) for name, (url, auth) in gateways.items()]
+    clients = {name: httpx.Client(timeout=30) for name, _, _ in targets}
+    try:
+        def one(name: str, url: str, auth: str) -> float:
             t = time.perf_counter()
-            r = client.post(url, content=data, headers={**headers, "authorization": auth})
+            r = clients[name].post(url, content=data, headers={**headers, "authorization": auth})
             elapsed = time.perf_counter() - t
             assert r.status_code == 200, r.text
             return elapsed
 
-        d_url, g_url = f"{direct}/chat/completions", f"{gateway}/v1/chat/completions"
         for _ in range(200):  # warm up: connections, tokenizer, price map, statements
-            one(a, d_url, "Bearer sk-bench")
-            one(b, g_url, auth)
-        direct_s, gateway_s, added = [], [], []
+            for target in targets:
+                one(*target)
+        times: dict[str, list[float]] = {name: [] for name, _, _ in targets}
         for i in range(PAIRS):
-            if i % 2:  # alternate which goes first
-                d = one(a, d_url, "Bearer sk-bench")
-                g = one(b, g_url, auth)
-            else:
-                g = one(b, g_url, auth)
-                d = one(a, d_url, "Bearer sk-bench")
-            direct_s.append(d)
-            gateway_s.append(g)
-            added.append(g - d)
-    return {"direct_p50_ms": ms(statistics.median(direct_s)),
-            f"{name}_p50_ms": ms(statistics.median(gateway_s)),
-            "added_p50_ms": ms(statistics.median(added)),
-            "added_p95_ms": ms(pct(added, 0.95))}
+            k = i % len(targets)
+            for target in targets[k:] + targets[:k]:
+                times[target[0]].append(one(*target))
+    finally:
+        for client in clients.values():
+            client.close()
+    out: dict[str, Any] = {}
+    for name in gateways:
+        added = [g - d for g, d in zip(times[name], times["direct"], strict=True)]
+        out[name] = {"direct_p50_ms": ms(statistics.median(times["direct"])),
+                     "gateway_p50_ms": ms(statistics.median(times[name])),
+                     "added_p50_ms": ms(statistics.median(added)),
+                     "added_p95_ms": ms(pct(added, 0.95))}
+    return out
 
 
 async def _throughput(url: str, auth: str) -> float:
@@ -169,11 +176,24 @@ def gateway_throughput(gateway: str, auth: str, pid: int) -> tuple[float, float]
     return rps, round(cpu_per_request * 1e3, 3)
 
 
-def throughput(direct: str, router: str, token: str, router_pid: int) -> dict[str, float]:
+def throughput(direct: str, gateways: dict[str, tuple[str, str, int]],
+               phases: int = 1) -> dict[str, Any]:
+    """Requests/s at 32 concurrent directly and through each gateway (name → base URL,
+    auth, pid), and each gateway's CPU per request; with several gateways, ``phases``
+    alternating phases each, summed."""
     d = asyncio.run(_throughput(f"{direct}/chat/completions", "Bearer sk-bench"))
-    r, cpu_ms = gateway_throughput(router, f"Bearer {token}", router_pid)
-    return {"direct_rps": round(d, 1), "router_rps": round(r, 1),
-            "router_vs_direct": round(r / d, 3), "router_cpu_ms_per_request": cpu_ms}
+    rates: dict[str, list[float]] = {name: [] for name in gateways}
+    cpus: dict[str, list[float]] = {name: [] for name in gateways}
+    for _ in range(phases):
+        for name, (url, auth, pid) in gateways.items():
+            rps, cpu_ms = gateway_throughput(url, auth, pid)
+            rates[name].append(rps)
+            cpus[name].append(cpu_ms)
+    return {name: {"direct_rps": round(d, 1),
+                   "gateway_rps": round(statistics.fmean(rates[name]), 1),
+                   "gateway_vs_direct": round(statistics.fmean(rates[name]) / d, 3),
+                   "gateway_cpu_ms_per_request": round(statistics.fmean(cpus[name]), 3)}
+            for name in gateways}
 
 
 # LiteLLM's proxy as a plain gateway: the same stand-in, a master key, nothing else.
@@ -239,7 +259,7 @@ def litellm_proxy(direct: str, direct_rps: float, home: Path) -> dict[str, Any]:
         except RuntimeError as exc:
             return {"skipped": f"LiteLLM Proxy did not start: {str(exc)[-500:]}"}
         auth = f"Bearer {master_key}"
-        latency = added_latency(direct, server.url, auth, name="proxy")
+        latency = added_latency(direct, {"proxy": (server.url, auth)})["proxy"]
         print("litellm proxy added latency:", latency, flush=True)
         rps, cpu_ms = gateway_throughput(server.url, auth, server.process.pid)
         print("litellm proxy throughput:", rps, cpu_ms, flush=True)
@@ -284,6 +304,15 @@ def sdk_round_trip(router: str, token: str) -> dict[str, Any]:
             "begin_settle_p95_ms": ms(pct(times, 0.95))}
 
 
+def before_token(checkout: Path, home: Path) -> str:
+    """An agent token from the other checkout's own CLI (its token format, its key)."""
+    done = subprocess.run([str(checkout / ".venv" / "bin" / "python"), "-m", "iron_sdk.cli",
+                           "token", "issue", "--agent", "bench"], cwd=checkout, check=True,
+                          env={**os.environ, "IRON_HOME": str(home)}, capture_output=True,
+                          text=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
 def main() -> None:
     import argparse
 
@@ -295,36 +324,61 @@ def main() -> None:
                         help="an operator policy and a budget on the bench agent")
     parser.add_argument("--no-litellm", action="store_true",
                         help="skip the side-by-side LiteLLM Proxy measurement")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="also run CHECKOUT's router (a checkout with its own .venv, "
+                             "e.g. a worktree of an older commit) side by side, without "
+                             "policies: latency rounds interleaved, throughput phases "
+                             "alternated")
     args = parser.parse_args()
     home = Path(os.environ["IRON_HOME"])
     standin, direct = start_standin(fast=not args.stdlib_standin)
     try:
-        with RouterProcess(home=home, env={"OPENAI_BASE_URL": direct,
-                                           "OPENAI_API_KEY": "sk-bench"}) as router:
+        upstream = {"OPENAI_BASE_URL": direct, "OPENAI_API_KEY": "sk-bench"}
+        with contextlib.ExitStack() as stack:
+            router = stack.enter_context(RouterProcess(home=home, env=upstream))
             token = issue_token(home, "bench")
             if args.policies:
                 set_policies(home)
-            latency = added_latency(direct, router.url, f"Bearer {token}")
-            print("added latency:", latency, flush=True)
             assert router.proc is not None
-            rps = throughput(direct, router.url, token, router.proc.pid)
+            gateways = {"router": (router.url, f"Bearer {token}", router.proc.pid)}
+            if args.against:
+                other = stack.enter_context(RouterProcess(home=home / "before", env=upstream,
+                                                          root=args.against.resolve()))
+                assert other.proc is not None
+                auth = f"Bearer {before_token(args.against.resolve(), home / 'before')}"
+                gateways["before"] = (other.url, auth, other.proc.pid)
+            latency = added_latency(direct, {n: (url, auth) for n, (url, auth, _) in
+                                             gateways.items()})
+            print("added latency:", latency, flush=True)
+            rps = throughput(direct, gateways, phases=2 if args.against else 1)
             print("throughput:", rps, flush=True)
             sdk = sdk_round_trip(router.url, token)
             print("sdk round trip:", sdk, flush=True)
         litellm = ({"skipped": "--no-litellm"} if args.no_litellm
-                   else litellm_proxy(direct, rps["direct_rps"], home))
+                   else litellm_proxy(direct, rps["router"]["direct_rps"], home))
     finally:
         standin.terminate()
         standin.wait(10)
-    result = {
+    result: dict[str, Any] = {
         "pairs": PAIRS, "concurrency": CONCURRENCY, "concurrent_requests": CONCURRENT_REQUESTS,
         "standin": "stdlib" if args.stdlib_standin else "uvicorn (--fast)",
         "policies": args.policies,
-        "added_latency": latency, "throughput_32": rps, "sdk_http_round_trip": sdk,
+        "added_latency": latency["router"], "throughput_32": rps["router"],
+        "sdk_http_round_trip": sdk,
         "targets": {"added_p50_ms": 0.6, "router_cpu_ms_per_request": 0.5,
                     "sdk_round_trip_p50_ms": 1.0},
         "litellm_proxy": litellm,
     }
+    if args.against:
+        after, before = result, {"added_latency": latency["before"],
+                                 "throughput_32": rps["before"]}
+        result["before"] = {"checkout": str(args.against), "policies": False, **before}
+        result["after_vs_before"] = {
+            "added_p50": round(after["added_latency"]["added_p50_ms"]
+                               / before["added_latency"]["added_p50_ms"], 3),
+            "cpu_per_request": round(
+                after["throughput_32"]["gateway_cpu_ms_per_request"]
+                / before["throughput_32"]["gateway_cpu_ms_per_request"], 3)}
     print(json.dumps(result, indent=2))
 
 

@@ -9,9 +9,11 @@ Two calls, one policy:
   PII scan of a 2 KB prompt costs less than the thread hop (~50 µs), a scan of 10 MB
   costs seconds: the common case stays fast, the rare one cannot freeze ``/healthz``.
 
-At most ``max_threads`` calls run at once (an ``anyio.CapacityLimiter``); the rest wait
-their turn without blocking the loop. A cancelled request does not abandon its thread:
-the work (a settlement, say) finishes.
+At most ``max_threads`` calls run at once (a ``ThreadPoolExecutor`` of that many threads,
+through ``loop.run_in_executor``: on this 2-core machine a hop costs ~65 µs of wall time
+against ~95 µs through ``anyio.to_thread``); the rest wait their turn without blocking the
+loop. A cancelled request does not abandon its thread: the caller waits for the work (a
+settlement, say) to finish, then the cancellation goes on.
 
 A thread does not free the loop by itself: whoever runs Python holds the GIL, and one C
 call (a regex search, a JSON parse, a pass of the cyclic garbage collector) holds it
@@ -27,14 +29,14 @@ findings freed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from typing import TypeVar
-
-import anyio
-import anyio.to_thread
 
 T = TypeVar("T")
 
@@ -89,21 +91,33 @@ class Offload:
         self.max_threads = max_threads
         self.inline_max = inline_max
         self.hold_gc_over = hold_gc_over
-        self._limiter: anyio.CapacityLimiter | None = None  # made inside the loop
+        self._executor: ThreadPoolExecutor | None = None  # threads start on first use
 
     @property
-    def limiter(self) -> anyio.CapacityLimiter:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.max_threads)
-        return self._limiter
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.max_threads,
+                                                thread_name_prefix="iron-offload")
+        return self._executor
 
     async def run(self, func: Callable[..., T], *args: object, size: int = 0) -> T:
         """``func(*args)`` in a worker thread; its exception is raised here. ``size``:
         bytes of its input; over ``hold_gc_over``, full collections wait until it is
         done (see the module docstring)."""
+        loop = asyncio.get_running_loop()
         if size > self.hold_gc_over:
-            return await anyio.to_thread.run_sync(_held, func, args, limiter=self.limiter)
-        return await anyio.to_thread.run_sync(func, *args, limiter=self.limiter)
+            done = loop.run_in_executor(self.executor, _held, func, args)
+        else:
+            done = loop.run_in_executor(self.executor, func, *args)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            while not done.done():  # the work is not abandoned: wait it out
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait((done,))
+            if not done.cancelled():
+                done.exception()  # retrieved: its outcome is nobody's now
+            raise
 
     async def run_sized(self, size: int, func: Callable[..., T], *args: object) -> T:
         """``func(*args)`` inline if ``size <= inline_max``, else in a worker thread."""

@@ -67,8 +67,11 @@ class RouterProcess:
     """
 
     def __init__(self, *, home: Path, config: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, root: Path | None = None) -> None:
+        """``root``: another checkout to run, with its own ``.venv`` (a benchmark's
+        "before"); default this one, with this interpreter."""
         self.home = Path(home)
+        self.root = root
         self.config = config
         self.extra_env = env or {}
         self.port = 0
@@ -82,7 +85,8 @@ class RouterProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "iron_sdk.cli", "--mode=router", "--port", str(self.port)]
+        python = str(self.root / ".venv" / "bin" / "python") if self.root else sys.executable
+        cmd = [python, "-m", "iron_sdk.cli", "--mode=router", "--port", str(self.port)]
         if self.config is not None:
             fd, name = tempfile.mkstemp(prefix="router-", suffix=".yaml", dir=self.home)
             with os.fdopen(fd, "w") as f:
@@ -98,7 +102,7 @@ class RouterProcess:
                     "PYTHONUNBUFFERED": "1", **self.extra_env})
         # stderr goes to a file: a pipe nobody reads would block a chatty router.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(cmd, cwd=self.root or ROOT, env=env, stdout=subprocess.DEVNULL,
                                      stderr=self._stderr)
         deadline = time.monotonic() + timeout_s
         while True:

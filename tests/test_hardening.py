@@ -301,6 +301,35 @@ async def test_offload_runs_inline_when_small_and_bounded_otherwise() -> None:
         Offload(max_threads=0)
 
 
+async def test_a_cancelled_caller_waits_for_its_offloaded_work_to_finish() -> None:
+    import asyncio
+    import threading
+
+    from iron_router.offload import Offload
+
+    offload = Offload(max_threads=1)
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def work() -> None:
+        started.set()
+        release.wait(5)
+        finished.set()
+
+    task = asyncio.create_task(offload.run(work))
+    while not started.is_set():
+        await asyncio.sleep(0.001)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # still waiting for the thread: its work is not abandoned
+    task.cancel()  # a second cancellation does not cut the wait short either
+    await asyncio.sleep(0.02)
+    assert not task.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished.is_set()
+
+
 async def test_big_offloaded_work_runs_with_full_collections_held_off() -> None:
     import gc
     import threading
