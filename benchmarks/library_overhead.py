@@ -10,6 +10,11 @@
 3. PII scan µs per KB (detectors alone and with normalization, custom patterns, NER when the
    ``ner`` extra is installed) and the added latency per streamed chunk of StreamRedactor;
 4. ``import iron_sdk`` time (fresh interpreters).
+
+``--against CHECKOUT`` (a checkout with its own ``.venv``; a worktree of the commit before a
+change) also times 2 in two worker processes, this checkout's and that one's, alternating
+blocks of calls so that both meet the same moments of the machine; ``against`` gives both
+p50s and their ratio. On a noisy machine that is the comparison to trust.
 JSON is printed last.
 """
 
@@ -22,7 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+# IRON_BENCH_ROOT: the checkout whose iron_sdk is measured (default this one; --against).
+ROOT = Path(os.environ.get("IRON_BENCH_ROOT") or Path(__file__).resolve().parents[1])
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ["IRON_HOME"] = tempfile.mkdtemp(prefix="iron-bench-")
 os.environ.pop("IRON_RUNTIME_URL", None)
@@ -90,40 +101,102 @@ def bench_client_calls() -> dict[str, float]:
     }
 
 
-def bench_governance() -> dict[str, float]:
+def governance_call(limited: bool) -> Callable[[], None]:
+    """One ``begin_call`` + ``settle_call`` on this process's runtime, no network: for an
+    agent without limits, or (``limited``) with a session cap and an agent budget. Works on
+    checkouts from before the request model too (``--against``)."""
     from iron_sdk.call import Usage
     from iron_sdk.runtime import get_runtime
 
-    runtime = get_runtime()
-    from iron_sdk.request import LlmRequest
-
-    session = runtime.open_session("bench-governance")
+    runtime: Any = get_runtime()
     messages = [{"role": "user", "content": "Summarise the plan in one line."}]
     usage = Usage(input_tokens=20, output_tokens=12)
+    if limited:
+        runtime.ledger.set_limit("agent:bench-limited", 10**12)
+        session = runtime.open_session("bench-limited", budget_usd=1000.0)
+    else:
+        session = runtime.open_session("bench-governance")
+    try:
+        from iron_sdk.request import LlmRequest
+    except ImportError:  # before the request model: the request's fields as arguments
+        def begin() -> Any:
+            return runtime.begin_call(session, model="gpt-4o-mini", messages=messages,
+                                      max_tokens=32)
+    else:
+        def begin() -> Any:
+            return runtime.begin_call(session, LlmRequest.chat("gpt-4o-mini", messages,
+                                                                max_tokens=32))
+
+    def one() -> None:
+        runtime.settle_call(begin(), usage)
+    return one
+
+
+def timed(one: Callable[[], None], n: int) -> list[float]:
     samples = []
-    for i in range(ROUNDS + 200):
+    for _ in range(n):
         t = time.perf_counter()
-        call = runtime.begin_call(session, LlmRequest.chat("gpt-4o-mini", messages,
-                                                            max_tokens=32))
-        runtime.settle_call(call, usage)
-        if i >= 200:
-            samples.append(time.perf_counter() - t)
-    runtime.ledger.set_limit("agent:bench-limited", 10**12)
-    limited = runtime.open_session("bench-limited", budget_usd=1000.0)
-    lim_samples = []
-    for i in range(ROUNDS + 200):
-        t = time.perf_counter()
-        call = runtime.begin_call(limited, LlmRequest.chat("gpt-4o-mini", messages,
-                                                            max_tokens=32))
-        runtime.settle_call(call, usage)
-        if i >= 200:
-            lim_samples.append(time.perf_counter() - t)
-    return {
-        "governance_p50_us": us(statistics.median(samples)),
-        "governance_p95_us": us(pct(samples, 0.95)),
-        "governance_with_budgets_p50_us": us(statistics.median(lim_samples)),
-        "governance_with_budgets_p95_us": us(pct(lim_samples, 0.95)),
+        one()
+        samples.append(time.perf_counter() - t)
+    return samples
+
+
+def bench_governance() -> dict[str, float]:
+    out = {}
+    for name, limited in (("governance", False), ("governance_with_budgets", True)):
+        one = governance_call(limited)
+        timed(one, 200)  # warm up
+        samples = timed(one, ROUNDS)
+        out[f"{name}_p50_us"] = us(statistics.median(samples))
+        out[f"{name}_p95_us"] = us(pct(samples, 0.95))
+    return out
+
+
+def governance_worker() -> None:
+    """``--governance-worker``: lines ``free N`` / ``limited N`` in, one JSON list of N
+    durations (seconds) out per line."""
+    calls: dict[str, Callable[[], None]] = {}
+    for line in sys.stdin:
+        mode, n = line.split()
+        if mode not in calls:
+            calls[mode] = governance_call(mode == "limited")
+            timed(calls[mode], 200)  # warm up
+        print(json.dumps(timed(calls[mode], int(n))), flush=True)
+
+
+def bench_against(checkout: Path, blocks: int = 20) -> dict[str, Any]:
+    """Section 2 in this checkout and in ``checkout``, in alternating blocks of calls."""
+    here = Path(__file__).resolve()
+    env = {**os.environ}
+    env.pop("IRON_BENCH_ROOT", None)
+    workers = {
+        "after": subprocess.Popen([sys.executable, str(here), "--governance-worker"], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True),
+        "before": subprocess.Popen([str(checkout / ".venv" / "bin" / "python"), str(here),
+                                    "--governance-worker"], cwd=checkout,
+                                   env={**env, "IRON_BENCH_ROOT": str(checkout)},
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True),
     }
+    out: dict[str, Any] = {"checkout": str(checkout)}
+    try:
+        for mode, name in (("free", "governance"), ("limited", "governance_with_budgets")):
+            samples: dict[str, list[float]] = {side: [] for side in workers}
+            for block in range(blocks):
+                order = list(workers) if block % 2 == 0 else list(reversed(workers))
+                for side in order:
+                    proc = workers[side]
+                    assert proc.stdin is not None and proc.stdout is not None
+                    proc.stdin.write(f"{mode} {max(ROUNDS // blocks, 1)}\n")
+                    proc.stdin.flush()
+                    samples[side] += json.loads(proc.stdout.readline())
+            p50 = {side: us(statistics.median(v)) for side, v in samples.items()}
+            out[f"{name}_p50_us"] = {**p50, "after_vs_before": round(
+                p50["after"] / p50["before"], 3)}
+    finally:
+        for proc in workers.values():
+            proc.kill()
+            proc.wait()
+    return out
 
 
 UNICODE_PROSE = ("Le rapport trimestriel montre un chiffre d\u2019affaires de "
@@ -249,11 +322,24 @@ def bench_import() -> dict[str, float]:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="also time the governance work of CHECKOUT (its own .venv) "
+                             "side by side")
+    parser.add_argument("--governance-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.governance_worker:
+        governance_worker()
+        return
     results: dict[str, object] = {"rounds": ROUNDS}
     results.update(bench_import())
     results.update(bench_pii())
     results.update(bench_governance())
     results.update(bench_client_calls())
+    if args.against:
+        results["against"] = bench_against(args.against.resolve())
     results["targets"] = {"overhead_per_call_us": 50, "pii_us_per_kb": 50, "import_ms": 200}
     print(json.dumps(results, indent=2))
 
