@@ -18,16 +18,21 @@ if TYPE_CHECKING:
 
 _ID_KEY = os.urandom(32)
 _id_counter = itertools.count()
-_id_pid = os.getpid()
+
+
+def _new_key() -> None:  # a forked child must not repeat its parent's ids
+    global _ID_KEY
+    _ID_KEY = os.urandom(32)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_key)
 
 
 def new_id() -> str:
     """128 unguessable bits: session, call and tool ids are a keyed hash (BLAKE2b, a PRF)
     of a counter under a random key of this process, so an id alone never lets another
     client act on what it names (and no system call is made per id)."""
-    global _ID_KEY, _id_pid
-    if os.getpid() != _id_pid:  # a forked child must not repeat its parent's ids
-        _ID_KEY, _id_pid = os.urandom(32), os.getpid()
     return hashlib.blake2b(next(_id_counter).to_bytes(8, "little"), key=_ID_KEY,
                            digest_size=16).hexdigest()
 

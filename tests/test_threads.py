@@ -347,3 +347,26 @@ def test_thread_pool_submit_in_http_mode(tmp_path, monkeypatch, provider, client
         finally:
             set_runtime(previous)
             rt.close()
+
+
+def _ids_in_child(out: Any) -> None:
+    from iron_sdk.call import new_id
+
+    out.put([new_id() for _ in range(3)])
+
+
+def test_a_forked_child_never_repeats_its_parents_ids() -> None:
+    import multiprocessing
+
+    from iron_sdk.call import new_id
+
+    new_id()
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_ids_in_child, args=(out,))
+    child.start()  # the child's counter goes on from the same value as the parent's
+    theirs = out.get(timeout=30)
+    child.join(30)
+    ours = [new_id() for _ in range(3)]
+    assert child.exitcode == 0 and len(set(theirs)) == 3
+    assert not set(theirs) & set(ours)

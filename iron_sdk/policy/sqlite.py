@@ -127,8 +127,8 @@ class SQLitePolicyStore(PolicyStore):
     # -- version -------------------------------------------------------------------------
     def version(self) -> int:
         now = time.monotonic()
-        if now - self._checked < CHECK_EVERY_S and self._pid == os.getpid():
-            return self._version
+        if now - self._checked < CHECK_EVERY_S:  # a forked child may reuse the parent's
+            return self._version  # answer that long: it is still a version of this file
         with self._vlock:
             try:
                 self._fresh()
