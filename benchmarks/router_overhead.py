@@ -56,9 +56,6 @@ os.environ.pop("IRON_RUNTIME_URL", None)
 
 import httpx  # noqa: E402
 
-from iron_sdk.identity import issue_token  # noqa: E402
-from tests.router_util import RouterProcess  # noqa: E402
-
 PAIRS = int(os.environ.get("BENCH_ROUNDS", "2000"))
 CONCURRENT_REQUESTS = int(os.environ.get("BENCH_CONCURRENT_REQUESTS", "4000"))
 CONCURRENCY = 32
@@ -280,28 +277,56 @@ def set_policies(home: Path) -> None:
                        check=True, capture_output=True)
 
 
-def sdk_round_trip(router: str, token: str) -> dict[str, Any]:
-    try:
-        from iron_sdk.call import Usage
-        from iron_sdk.remote import RemoteRuntime
-        from iron_sdk.request import LlmRequest
-    except ImportError as exc:
-        return {"skipped": f"iron_sdk.remote not available ({exc})"}
-    remote = RemoteRuntime(router)
+def sdk_times(router: str, token: str, n: int) -> list[float]:
+    """``begin_call`` + ``settle_call`` round trips of ``RemoteRuntime`` (after 200 to warm
+    up), for whichever API the checkout has."""
+    from iron_sdk.call import Usage
+    from iron_sdk.remote import RemoteRuntime
+
+    remote: Any = RemoteRuntime(router)
     session = remote.open_session(ic_token=token)
     usage = Usage(input_tokens=20, output_tokens=12)
+    try:
+        from iron_sdk.request import LlmRequest
+    except ImportError:  # before the request model: the request's fields as arguments
+        def begin() -> Any:
+            return remote.begin_call(session, model="gpt-4o-mini",
+                                     messages=BODY["messages"], max_tokens=32)
+    else:
+        def begin() -> Any:
+            return remote.begin_call(session, LlmRequest.chat(
+                "gpt-4o-mini", BODY["messages"], max_tokens=32))
     times = []
-    for i in range(PAIRS + 200):
+    for i in range(n + 200):
         t = time.perf_counter()
-        call = remote.begin_call(session, LlmRequest.chat("gpt-4o-mini", BODY["messages"],
-                                                          max_tokens=32))
-        remote.settle_call(call, usage)
-        if i >= 200:  # the first ones warm up
+        remote.settle_call(begin(), usage)
+        if i >= 200:
             times.append(time.perf_counter() - t)
     remote.close_session(session)
     remote.close()
-    return {"begin_settle_p50_ms": ms(statistics.median(times)),
-            "begin_settle_p95_ms": ms(pct(times, 0.95))}
+    return times
+
+
+def sdk_round_trip(sides: dict[str, tuple[str, str, Path | None]],
+                   blocks: int = 4) -> dict[str, dict[str, float]]:
+    """The SDK's HTTP mode against each router (name → URL, token, checkout or None for
+    this one), each block in a fresh client process of its checkout, alternating."""
+    here = Path(__file__).resolve()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    env = {**os.environ}
+    env.pop("IRON_BENCH_ROOT", None)
+    for block in range(blocks):
+        order = list(sides) if block % 2 == 0 else list(reversed(sides))
+        for name in order:
+            url, token, checkout = sides[name]
+            python = str(checkout / ".venv" / "bin" / "python") if checkout else sys.executable
+            done = subprocess.run(
+                [python, str(here), "--sdk-times", url, token, str(max(PAIRS // blocks, 1))],
+                env={**env, "IRON_BENCH_ROOT": str(checkout)} if checkout else env,
+                cwd=checkout or ROOT, capture_output=True, text=True, check=True)
+            times[name] += json.loads(done.stdout)
+    return {name: {"begin_settle_p50_ms": ms(statistics.median(t)),
+                   "begin_settle_p95_ms": ms(pct(t, 0.95))} for name, t in times.items()}
 
 
 def before_token(checkout: Path, home: Path) -> str:
@@ -324,12 +349,21 @@ def main() -> None:
                         help="an operator policy and a budget on the bench agent")
     parser.add_argument("--no-litellm", action="store_true",
                         help="skip the side-by-side LiteLLM Proxy measurement")
+    parser.add_argument("--sdk-times", nargs=3, metavar=("URL", "TOKEN", "N"),
+                        help=argparse.SUPPRESS)  # a client process of sdk_round_trip
     parser.add_argument("--against", type=Path, metavar="CHECKOUT",
                         help="also run CHECKOUT's router (a checkout with its own .venv, "
                              "e.g. a worktree of an older commit) side by side, without "
                              "policies: latency rounds interleaved, throughput phases "
                              "alternated")
     args = parser.parse_args()
+    if args.sdk_times:
+        url, token, n = args.sdk_times
+        print(json.dumps(sdk_times(url, token, int(n))))
+        return
+    from iron_sdk.identity import issue_token
+    from tests.router_util import RouterProcess
+
     home = Path(os.environ["IRON_HOME"])
     standin, direct = start_standin(fast=not args.stdlib_standin)
     try:
@@ -352,7 +386,9 @@ def main() -> None:
             print("added latency:", latency, flush=True)
             rps = throughput(direct, gateways, phases=2 if args.against else 1)
             print("throughput:", rps, flush=True)
-            sdk = sdk_round_trip(router.url, token)
+            sdk = sdk_round_trip({"router": (router.url, token, None), **(
+                {"before": (gateways["before"][0], gateways["before"][1].split()[1],
+                            args.against.resolve())} if args.against else {})})
             print("sdk round trip:", sdk, flush=True)
         litellm = ({"skipped": "--no-litellm"} if args.no_litellm
                    else litellm_proxy(direct, rps["router"]["direct_rps"], home))
@@ -364,21 +400,25 @@ def main() -> None:
         "standin": "stdlib" if args.stdlib_standin else "uvicorn (--fast)",
         "policies": args.policies,
         "added_latency": latency["router"], "throughput_32": rps["router"],
-        "sdk_http_round_trip": sdk,
+        "sdk_http_round_trip": sdk["router"],
         "targets": {"added_p50_ms": 0.6, "router_cpu_ms_per_request": 0.5,
                     "sdk_round_trip_p50_ms": 1.0},
         "litellm_proxy": litellm,
     }
     if args.against:
         after, before = result, {"added_latency": latency["before"],
-                                 "throughput_32": rps["before"]}
+                                 "throughput_32": rps["before"],
+                                 "sdk_http_round_trip": sdk["before"]}
         result["before"] = {"checkout": str(args.against), "policies": False, **before}
         result["after_vs_before"] = {
             "added_p50": round(after["added_latency"]["added_p50_ms"]
                                / before["added_latency"]["added_p50_ms"], 3),
             "cpu_per_request": round(
                 after["throughput_32"]["gateway_cpu_ms_per_request"]
-                / before["throughput_32"]["gateway_cpu_ms_per_request"], 3)}
+                / before["throughput_32"]["gateway_cpu_ms_per_request"], 3),
+            "sdk_round_trip_p50": round(
+                after["sdk_http_round_trip"]["begin_settle_p50_ms"]
+                / before["sdk_http_round_trip"]["begin_settle_p50_ms"], 3)}
     print(json.dumps(result, indent=2))
 
 
