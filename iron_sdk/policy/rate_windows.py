@@ -28,6 +28,7 @@ import mmap
 import os
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from iron_sdk.policy.store import bucket_of, live_after, window_decision
@@ -83,7 +84,7 @@ class RateWindows:
         return self._map
 
     @contextlib.contextmanager
-    def _locked(self):  # type: ignore[no-untyped-def]  # noqa: ANN202
+    def _locked(self) -> Iterator[None]:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             yield
