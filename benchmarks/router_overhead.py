@@ -23,7 +23,8 @@ A stand-in provider process (``python -m iron_sdk.standin``) and a router proces
 ``--policies`` gives the agent an operator policy (model allowlist, rpm and tpm limits)
 and a budget, so the operator-policy checks and the ledger reservation are on the path.
 ``--against CHECKOUT`` runs another checkout's router (its own ``.venv``; a worktree of
-the commit before a change) beside this one: 1 then interleaves rounds of direct, this
+the commit before a change) beside this one, with the same policies when that checkout has
+operator policies (``before.policies`` says): 1 then interleaves rounds of direct, this
 router and that one in rotating order, 2 alternates their phases, and ``after_vs_before``
 gives the ratios; on a noisy machine that is the comparison to trust.
 
@@ -268,13 +269,20 @@ def litellm_proxy(direct: str, direct_rps: float, home: Path) -> dict[str, Any]:
                               "proxy_cpu_ms_per_request": cpu_ms}}
 
 
-def set_policies(home: Path) -> None:
-    """An operator policy and a budget for the bench agent, through the CLI."""
+def set_policies(home: Path, checkout: Path | None = None) -> bool:
+    """An operator policy and a budget for the bench agent, through the CLI of this
+    checkout (or ``checkout``); False when that one has no operator policy yet."""
     env = {**os.environ, "IRON_HOME": str(home)}
+    python = str(checkout / ".venv" / "bin" / "python") if checkout else sys.executable
     for args in (["policy", "set", "bench", "--models", "gpt-4o*", "--rpm", "10000000",
                   "--tpm", "1000000000"], ["budget", "set", "bench", "--usd", "100000"]):
-        subprocess.run([sys.executable, "-m", "iron_sdk.cli", *args], cwd=ROOT, env=env,
-                       check=True, capture_output=True)
+        done = subprocess.run([python, "-m", "iron_sdk.cli", *args], cwd=checkout or ROOT,
+                              env=env, capture_output=True)
+        if done.returncode != 0:
+            if checkout is None:
+                raise RuntimeError(done.stderr.decode(errors="replace"))
+            return False
+    return True
 
 
 def sdk_times(router: str, token: str, n: int) -> list[float]:
@@ -353,9 +361,9 @@ def main() -> None:
                         help=argparse.SUPPRESS)  # a client process of sdk_round_trip
     parser.add_argument("--against", type=Path, metavar="CHECKOUT",
                         help="also run CHECKOUT's router (a checkout with its own .venv, "
-                             "e.g. a worktree of an older commit) side by side, without "
-                             "policies: latency rounds interleaved, throughput phases "
-                             "alternated")
+                             "e.g. a worktree of an older commit) side by side, with the "
+                             "same policies if it has them: latency rounds interleaved, "
+                             "throughput phases alternated")
     args = parser.parse_args()
     if args.sdk_times:
         url, token, n = args.sdk_times
@@ -379,6 +387,8 @@ def main() -> None:
                 other = stack.enter_context(RouterProcess(home=home / "before", env=upstream,
                                                           root=args.against.resolve()))
                 assert other.proc is not None
+                before_policies = args.policies and set_policies(home / "before",
+                                                                 args.against.resolve())
                 auth = f"Bearer {before_token(args.against.resolve(), home / 'before')}"
                 gateways["before"] = (other.url, auth, other.proc.pid)
             latency = added_latency(direct, {n: (url, auth) for n, (url, auth, _) in
@@ -409,7 +419,8 @@ def main() -> None:
         after, before = result, {"added_latency": latency["before"],
                                  "throughput_32": rps["before"],
                                  "sdk_http_round_trip": sdk["before"]}
-        result["before"] = {"checkout": str(args.against), "policies": False, **before}
+        result["before"] = {"checkout": str(args.against), "policies": before_policies,
+                            **before}
         result["after_vs_before"] = {
             "added_p50": round(after["added_latency"]["added_p50_ms"]
                                / before["added_latency"]["added_p50_ms"], 3),
