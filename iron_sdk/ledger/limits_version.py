@@ -18,11 +18,9 @@ counter cannot be kept (no mmap) gives ``None`` and the ledger asks SQLite every
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import mmap
-import os
-from collections.abc import Iterator
 from pathlib import Path
+
+from iron_sdk.shared_map import SharedMap
 
 _SIZE = 8
 
@@ -30,45 +28,24 @@ _SIZE = 8
 class LimitsVersion:
     def __init__(self, ledger_path: Path) -> None:
         self.path = ledger_path.with_name(ledger_path.name + ".limits")
-        self._map: mmap.mmap | None = None
-        self._fd = -1
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            if os.fstat(self._fd).st_size < _SIZE:
-                with self._locked():
-                    if os.fstat(self._fd).st_size < _SIZE:
-                        os.ftruncate(self._fd, _SIZE)
-            self._map = mmap.mmap(self._fd, _SIZE)
-        except (OSError, ValueError):
-            self.close()
+        self._shared: SharedMap | None = None
+        with contextlib.suppress(OSError, ValueError):  # else read() says None
+            self._shared = SharedMap(self.path, _SIZE)
 
     def read(self) -> int | None:
         """The counter now, or None when it cannot be kept (ask SQLite every time)."""
-        mapped = self._map
-        return None if mapped is None else int.from_bytes(mapped[:_SIZE], "little")
+        shared = self._shared
+        return None if shared is None else int.from_bytes(shared.map[:_SIZE], "little")
 
     def bump(self) -> None:
         """A limit changed and is committed: move the counter (call after COMMIT)."""
-        mapped = self._map
-        if mapped is None:
+        shared = self._shared
+        if shared is None:
             return
-        with self._locked():
-            mapped[:_SIZE] = ((self.read() or 0) + 1).to_bytes(_SIZE, "little")
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        with shared.locked():
+            shared.map[:_SIZE] = ((self.read() or 0) + 1).to_bytes(_SIZE, "little")
 
     def close(self) -> None:
-        mapped, self._map = self._map, None
-        if mapped is not None:
-            with contextlib.suppress(BufferError, ValueError):
-                mapped.close()
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.close()

@@ -21,17 +21,16 @@ is full, :meth:`RateWindows.take` raises :class:`NoWindow` and the store counts 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import math
 import mmap
 import os
 import struct
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from iron_sdk.policy.store import bucket_of, live_after, window_decision
+from iron_sdk.shared_map import SharedMap
 
 SLOTS = 4096
 RING = 62
@@ -62,34 +61,18 @@ class RateWindows:
         self._lock = threading.Lock()
         self._where: dict[str, int] = {}  # scope -> slot offset, found once per process
         self._pid = 0
-        self._fd = -1
-        self._map: mmap.mmap | None = None
+        self._shared: SharedMap | None = None
 
-    def _open(self) -> mmap.mmap | None:
+    def _open(self) -> SharedMap | None:
         """The map for this process (a fork's child opens its own: ``flock`` belongs to
-        the open file, which a child shares with its parent)."""
+        the open file, which a child shares with its parent). Zeros are free slots."""
         if self._pid == os.getpid():
-            return self._map
+            return self._shared
         self._pid = os.getpid()
-        self._map, self._fd, self._where = None, -1, {}
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            if os.fstat(self._fd).st_size < self._size:
-                with self._locked():
-                    if os.fstat(self._fd).st_size < self._size:
-                        os.ftruncate(self._fd, self._size)  # sparse: zeros are free slots
-            self._map = mmap.mmap(self._fd, self._size)
-        except (OSError, ValueError):
-            self._close()
-        return self._map
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._shared, self._where = None, {}  # a parent's map is the parent's to close
+        with contextlib.suppress(OSError, ValueError):
+            self._shared = SharedMap(self.path, self._size)
+        return self._shared
 
     def _slot(self, mapped: mmap.mmap, scope: str) -> int | None:
         """The offset of ``scope``'s slot, claimed if new (under the file lock)."""
@@ -117,10 +100,11 @@ class RateWindows:
         fits: None; else the seconds until it would (nothing counted). Raises
         :class:`NoWindow` when this scope cannot be counted here."""
         with self._lock:
-            mapped = self._open()
-            if mapped is None:
+            shared = self._open()
+            if shared is None:
                 raise NoWindow(scope)
-            with self._locked():
+            mapped = shared.map
+            with shared.locked():
                 offset = self._slot(mapped, scope)
                 if offset is None:
                     raise NoWindow(scope)
@@ -154,18 +138,8 @@ class RateWindows:
                            if b[0] > swept]
         return window_decision(buckets, now, tokens, rpm, tpm)
 
-    def _close(self) -> None:
-        mapped, self._map = self._map, None
-        if mapped is not None:
-            with contextlib.suppress(BufferError, ValueError):
-                mapped.close()
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-
     def close(self) -> None:
         with self._lock:
-            if self._pid == os.getpid():
-                self._close()
-            self._pid = -1  # reopened if used again
+            if self._pid == os.getpid() and self._shared is not None:
+                self._shared.close()
+            self._shared, self._pid = None, -1  # reopened if used again
