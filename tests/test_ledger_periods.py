@@ -130,6 +130,33 @@ def test_changing_the_period_is_seen_by_another_instance(tmp_path: Path, clock: 
         assert first.state(AGENT) == ScopeState(AGENT, 1000, 50, 0)
 
 
+def test_a_known_period_changed_or_removed_elsewhere_is_seen_by_the_next_reservation(
+        tmp_path: Path, clock: Clock) -> None:
+    # The second reservation of known-limited scopes is one statement built from the
+    # configs last seen; a change made by another instance must still be judged right.
+    team = "team:ops"
+    with SQLiteLedger(tmp_path / "l.db") as first, SQLiteLedger(tmp_path / "l.db") as admin:
+        admin.set_limit(AGENT, 100, period="daily")
+        admin.set_limit(team, 1000, period="daily")
+        spend(first, "a", 10)
+        spend(first, "b", 10)  # first knows AGENT as daily: 20 spent today
+        admin.set_limit(AGENT, 50, period="monthly")
+        spend(admin, "c", 45)  # 45 this month; still 20 on the day first knows
+        with pytest.raises(BudgetExceededError):
+            first.reserve("d", [AGENT], 10, 30)
+        admin.set_limit(AGENT, 1000)  # total again: nothing was spent under it
+        assert first.reserve("e", [AGENT, team], 5, 30, agent_id="bot", model="m") is True
+        first.release("e")
+        # The team's daily limit goes; a reservation of both scopes that runs out of lease
+        # charges the team's total, not the day this process last knew.
+        admin.set_limit(team, None)
+        assert first.reserve("f", [AGENT, team], 7, 30, agent_id="bot", model="m") is True
+        clock.now += 60
+        assert first.expire_leases() == 1
+        assert admin.state(team) == ScopeState(team, None, 7, 0)
+        assert admin.state(AGENT) == ScopeState(AGENT, 1000, 7, 0)
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_a_settle_after_a_period_change_elsewhere_lands_in_the_new_period(
         kind: str, tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> None:
