@@ -214,7 +214,36 @@ def test_an_old_ledger_file_is_migrated(tmp_path: Path, clock: Clock) -> None:
     with SQLiteLedger(path) as led:  # a second open finds the new version
         assert led.state(AGENT).spent_micro == 100
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    conn.close()
+
+
+def test_a_version_2_file_keeps_its_calls_in_flight(tmp_path: Path, clock: Clock) -> None:
+    # Version 2 summed the held rows through an index; version 3 keeps the sums in a table.
+    path = tmp_path / "ledger.db"
+    with SQLiteLedger(path) as led:
+        led.set_limit(AGENT, 100, period="daily")
+        spend(led, "done", 10)
+        led.reserve("a", [AGENT, "global"], 30, 3600, agent_id="bot", model="m")
+        led.reserve("b", [AGENT], 20, 3600, agent_id="bot", model="m")
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        DROP TRIGGER held_added; DROP TRIGGER held_removed; DROP TABLE held_sum;
+        CREATE INDEX held_by_scope ON held (scope, pkey, amount_micro);
+        PRAGMA user_version = 2;""")
+    conn.close()
+    with SQLiteLedger(path) as led:
+        assert led.state(AGENT) == ScopeState(AGENT, 100, 10, 50, "daily", at(2026, 3, 10),
+                                              at(2026, 3, 11))
+        with pytest.raises(BudgetExceededError):
+            led.reserve("c", [AGENT], 41, 30)
+        led.settle("a", [AGENT, "global"], 25, agent_id="bot", model="m", input_tokens=1,
+                   output_tokens=1)
+        led.release("b")
+        assert led.state(AGENT).reserved_micro == 0
+        assert led.reserve("c", [AGENT], 65, 30) is True  # 10 + 25 spent, 65 fits
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
 
 
@@ -250,3 +279,41 @@ def test_cli_budget_set_and_show_periods(iron_home: Path, clock: Clock,
     assert main(["budget", "show", "team:x", "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert (row["period"], row["period_start"], row["resets_at"]) == ("total", None, None)
+
+
+def test_held_sums_always_match_the_held_rows(tmp_path: Path, clock: Clock) -> None:
+    # The sums are kept by triggers on every way a reservation comes and goes: reserve
+    # (one statement or the full check), settle, release, lease expiry; across periods.
+    import random
+
+    rng = random.Random(7)
+    team = "team:ops"
+    with SQLiteLedger(tmp_path / "l.db") as led:
+        led.set_limit(AGENT, 10**9, period="daily")
+        led.set_limit(team, 10**9)
+        live: list[str] = []
+        for n in range(400):
+            op = rng.random()
+            if op < 0.5 or not live:
+                rid = f"r{n}"
+                led.reserve(rid, rng.choice([[AGENT], [AGENT, team], [team, "global"]]),
+                            rng.randrange(1, 1000), rng.choice([5, 3600]), agent_id="bot",
+                            model="m")
+                live.append(rid)
+            elif op < 0.75:
+                led.settle(live.pop(rng.randrange(len(live))), [AGENT, team],
+                           rng.randrange(0, 1000), agent_id="bot", model="m",
+                           input_tokens=1, output_tokens=1)
+            elif op < 0.9:
+                led.release(live.pop(rng.randrange(len(live))))
+            else:
+                clock.now += rng.choice([1, 10, 4 * 3600])  # leases run out, days pass
+                led.expire_leases()
+        conn = sqlite3.connect(tmp_path / "l.db")
+        kept = dict(((s, k), a) for s, k, a in conn.execute(
+            "SELECT scope, pkey, amount_micro FROM held_sum WHERE amount_micro != 0"))
+        summed = dict(((s, k), a) for s, k, a in conn.execute(
+            "SELECT scope, pkey, SUM(amount_micro) FROM held GROUP BY scope, pkey"))
+        conn.close()
+        assert summed and kept == summed
+        assert led.state(team).reserved_micro == summed.get((team, ""), 0)

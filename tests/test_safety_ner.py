@@ -128,8 +128,14 @@ def test_long_text_is_cut_into_pieces_with_right_offsets(detector, monkeypatch):
 def test_plugin_redacts_only_when_enabled(detector, iron_home, provider, client):
     rt = Runtime(RuntimeConfig(home=iron_home))
     previous = set_runtime(rt)
+
+    def detectors() -> list[str]:
+        return [impl.plugin_name for impl in rt.pm.hook.iron_detect.get_hookimpls()]
+
+    seen = []
     try:
-        for agent_id, safety in (("ner-off", SafetyConfig()), ("ner-on", SafetyConfig(ner=True))):
+        for agent_id, safety in (("ner-off", SafetyConfig()), ("ner-on", SafetyConfig(ner=True)),
+                                 ("ner-off-again", SafetyConfig())):
             @protect_agent(agent_id=agent_id, safety=safety)
             def agent():
                 return client.chat.completions.create(model="gpt-4o-mini", max_tokens=5,
@@ -139,11 +145,15 @@ def test_plugin_redacts_only_when_enabled(detector, iron_home, provider, client)
                                                           "in Paris?")}])
 
             agent()
+            seen.append(detectors())
     finally:
         set_runtime(previous)
         rt.close()
-    off, on = (r["messages"][0]["content"] for r in provider.requests)
-    assert off == "I am John Smith, born 04/12/1979, mail [EMAIL_REDACTED]. Is it warm in Paris?"
+    # The detector joins the hook only once a session asks for NER.
+    assert seen == [[], ["iron_ner.detector"], ["iron_ner.detector"]]
+    off, on, off_again = (r["messages"][0]["content"] for r in provider.requests)
+    assert off == off_again == ("I am John Smith, born 04/12/1979, mail [EMAIL_REDACTED]. "
+                                "Is it warm in Paris?")
     assert on == ("I am [PERSON_REDACTED], born [DATE_OF_BIRTH_REDACTED], mail [EMAIL_REDACTED]. "
                   "Is it warm in Paris?")
 

@@ -14,9 +14,11 @@ from iron_sdk.errors import RuntimeUnavailableError, SafetyViolationError
 from iron_sdk.events import make_event
 from iron_sdk.hookspecs import hookimpl
 from iron_sdk.safety.detectors import Finding, redact, resolve
-from iron_sdk.safety.scanner import scanner_for
+from iron_sdk.safety.scanner import Scanner, scanner_for
 
 if TYPE_CHECKING:
+    from pluggy import HookCaller
+
     from iron_sdk.call import LlmCall
     from iron_sdk.config import SafetyConfig
     from iron_sdk.runtime import Runtime
@@ -30,14 +32,13 @@ class SafetyPolicy:
     def iron_configure(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def _findings(self, text: str, cfg: SafetyConfig) -> list[Finding]:
-        """Built-in, custom-pattern and plugin findings in ``text`` that ``cfg`` counts
-        (allow-lists applied, ``cfg.kinds`` honoured), sorted and non-overlapping."""
-        scanner = scanner_for(cfg)
+    def _findings(self, text: str, cfg: SafetyConfig, scanner: Scanner,
+                  extra_hook: HookCaller | None) -> list[Finding]:
+        """Built-in, custom-pattern and plugin (``extra_hook``: ``iron_detect`` when some
+        plugin implements it) findings in ``text`` that ``cfg`` counts (allow-lists
+        applied, ``cfg.kinds`` honoured), sorted and non-overlapping."""
         found = scanner.scan(text)
-        assert self.runtime is not None
-        extra_hook = self.runtime.pm.hook.iron_detect
-        if extra_hook.get_hookimpls():  # only pay for the hook call when someone listens
+        if extra_hook is not None:
             extras: list[Finding] = []
             for extra in extra_hook(text=text, config=cfg):
                 extras.extend(extra or ())
@@ -53,11 +54,19 @@ class SafetyPolicy:
         kinds: Counter[str] = Counter()
         blocked: set[str] = set()
         request = call.request
+        scanner = scanner_for(cfg)
+        assert self.runtime is not None
+        extra_hook: HookCaller | None = self.runtime.pm.hook.iron_detect
+        if not extra_hook.get_hookimpls():  # only pay for the hook call when someone listens
+            extra_hook = None
         try:
             for text in request.texts:
+                findings = self._findings(text.value, cfg, scanner, extra_hook)
+                if not findings:
+                    continue
                 # A field the integration cannot write back is blocked, never sent as is.
                 writable = call.can_redact and request.can_write(text.path)
-                new = self._scan_text(text.value, cfg, kinds, blocked, writable)
+                new = self._judge(text.value, findings, cfg, kinds, blocked, writable)
                 if new is not None:
                     request.replace(text.path, new)
                     call.redacted = True
@@ -82,10 +91,10 @@ class SafetyPolicy:
                     f"was not sent. {hint}"))
             raise SafetyViolationError(sorted(blocked))
 
-    def _scan_text(self, text: str, cfg: SafetyConfig, kinds: Counter[str],
-                   blocked: set[str], can_redact: bool) -> str | None:
-        """Scan one text; return it redacted, or None when nothing is to be redacted."""
-        findings = self._findings(text, cfg)
+    def _judge(self, text: str, findings: list[Finding], cfg: SafetyConfig,
+               kinds: Counter[str], blocked: set[str], can_redact: bool) -> str | None:
+        """Count ``findings`` of one text; return it redacted, or None when nothing is to
+        be redacted."""
         to_redact = []
         for f in findings:
             action = cfg.action_for(f.kind)
@@ -97,4 +106,3 @@ class SafetyPolicy:
             elif action == "redact":
                 to_redact.append(f)
         return redact(text, to_redact) if to_redact else None
-
