@@ -2,7 +2,7 @@
 with their calls and tool calls still in flight, each owned by the IC token that
 opened its session.
 
-Ids are 128 random bits (:func:`iron_sdk.call.new_id`) and every lookup checks the
+Ids carry 128 random bits (:func:`iron_sdk.call.new_id`) and every lookup checks the
 owner: a session, call or tool id with another token (or none) is answered exactly as
 an unknown id (404), so ids can be neither guessed nor used by anyone else.
 """

@@ -304,3 +304,49 @@ def test_a_clean_close_leaves_no_journal(make) -> None:  # noqa: ANN001
     assert path is not None and path.exists()
     wb.close()
     assert not path.exists()
+
+
+def test_wal_checkpoints_move_to_the_writer_thread(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A caller's commit never copies the WAL into the database (a millisecond stall with
+    # its sync); the write-behind thread does, after a batch, once the WAL is big enough.
+    import sqlite3
+
+    import iron_sdk.ledger.sqlite as sqlite_ledger
+
+    def on_disk(scope: str) -> int:  # what the database file holds, WAL ignored
+        uri = f"file:{tmp_path / 'l.db'}?mode=ro&immutable=1"
+        with sqlite3.connect(uri, uri=True) as conn:
+            try:
+                row = conn.execute("SELECT COALESCE(SUM(spent_micro), 0) FROM spend "
+                                   "WHERE scope = ?", (scope,)).fetchone()
+            except sqlite3.OperationalError:  # not even the tables are there yet
+                return 0
+        return row[0]
+
+    monkeypatch.setattr(sqlite_ledger, "_CHECKPOINT_BYTES", 1 << 40)  # never due
+    inner = SQLiteLedger(tmp_path / "l.db")
+    led = WriteBehindLedger(inner, window_s=0)
+    try:
+        led.set_limit(AGENT, 10**9)
+        led.reserve("a", [AGENT], 10, 30, agent_id="bot", model="m")
+        led.settle("a", [AGENT], 7, agent_id="bot", model="m", input_tokens=1,
+                   output_tokens=1)
+        led.flush()
+        conns = list(inner._conns)
+        assert conns and all(c.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+                             for c in conns)
+        for i in range(300):  # far past SQLite's own 1000-page mark, were it on
+            led.reserve(f"r{i}", [AGENT], 10, 30, agent_id="bot", model="m")
+            led.settle(f"r{i}", [AGENT], 1, agent_id="bot", model="m", input_tokens=1,
+                       output_tokens=1)
+        led.flush()
+        assert led.state(AGENT).spent_micro == 307
+        assert on_disk(AGENT) < 307  # still only in the WAL: nobody checkpointed
+        monkeypatch.setattr(sqlite_ledger, "_CHECKPOINT_BYTES", 0)  # due
+        led.settle("b", [AGENT], 1, agent_id="bot", model="m", input_tokens=1,
+                   output_tokens=1)
+        led.flush()
+        assert on_disk(AGENT) == 308
+    finally:
+        led.close()

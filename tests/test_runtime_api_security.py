@@ -79,7 +79,8 @@ def test_ids_are_unguessable_and_owned(router):
     alice, bob = Agent(router, "alice"), Agent(router, "bob")
     sid = alice.session()
     call = alice.begin(sid)
-    assert len(sid) == 32 and len(call["call_id"]) == 32  # 128 random bits, hex
+    # a millisecond timestamp, then 128 random bits; hex
+    assert len(sid) == 44 and len(call["call_id"]) == 44
     usage = {"usage": {"input_tokens": 10, "output_tokens": 100_000}}
     for path, body in ((f"/calls/{call['call_id']}/settle", usage),
                        (f"/calls/{call['call_id']}/fail", {}),

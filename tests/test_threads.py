@@ -364,9 +364,24 @@ def test_a_forked_child_never_repeats_its_parents_ids() -> None:
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     child = ctx.Process(target=_ids_in_child, args=(out,))
-    child.start()  # the child's counter goes on from the same value as the parent's
+    child.start()  # the child inherits the parent's unused random ids
     theirs = out.get(timeout=30)
     child.join(30)
     ours = [new_id() for _ in range(3)]
     assert child.exitcode == 0 and len(set(theirs)) == 3
-    assert not set(theirs) & set(ours)
+    # The random part (after the millisecond timestamp) is never shared.
+    assert not {i[12:] for i in theirs} & {i[12:] for i in ours}
+
+
+def test_ids_are_unique_across_threads_and_in_creation_order() -> None:
+    import concurrent.futures
+
+    from iron_sdk.call import new_id
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [new_id() for _ in range(2000)], range(8)))
+    ids = [i for batch in batches for i in batch]
+    assert len(set(ids)) == len(ids) == 16_000  # several draws of 256, shared by threads
+    assert all(len(i) == 44 and int(i, 16) >= 0 for i in ids)
+    for batch in batches:  # a later id never sorts before an earlier one of its thread
+        assert [i[:12] for i in batch] == sorted(i[:12] for i in batch)

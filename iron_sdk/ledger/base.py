@@ -184,6 +184,12 @@ class Ledger(ABC):
     def close(self) -> None:
         """Release resources; the ledger must not be used afterwards."""
 
+    def upkeep(self) -> None:
+        """Storage housekeeping, run by the write-behind thread after each batch so that no
+        caller's thread pays for it (default: none). From the first call on, the ledger
+        may leave such work to it. Never raises."""
+        return
+
     def __enter__(self) -> Ledger:
         return self
 

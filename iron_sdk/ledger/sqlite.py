@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -41,6 +42,7 @@ from iron_sdk.ledger.base import (
 from iron_sdk.ledger.limits_version import LimitsVersion
 
 SCHEMA_VERSION = 3
+log = logging.getLogger("iron_sdk.ledger")
 # The sum held per scope and period, kept by triggers: a reservation reads one row however
 # many calls are in flight (summing the held rows cost about 0.07 µs per row in flight, and
 # write-behind keeps a batch window's worth of settled calls held).
@@ -163,6 +165,7 @@ _USAGE = ("SELECT agent_id, model, calls, input_tokens, output_tokens, cost_micr
 _RESET = "UPDATE spend SET spent_micro = 0 WHERE scope = ? AND pkey = ?"
 
 _PURGE_EVERY = 64  # limited reserves between charges of expired leases
+_CHECKPOINT_BYTES = 4 << 20  # WAL size at which upkeep copies it into the database
 _FORGET_EVERY = 256  # settlements between sweeps of finished ids past retention
 
 _HOLD_SQL: dict[int, str] = {}
@@ -294,6 +297,7 @@ class SQLiteLedger(Ledger):
         # scope lists last seen without any limit -> the limits version read before looking
         self._unlimited: dict[tuple[str, ...], int] = {}
         self._limits_version: LimitsVersion | None = None
+        self._upkept = False  # checkpoints left to upkeep() (a write-behind thread calls it)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):  # 0600 from birth, WAL inherits it
@@ -362,6 +366,8 @@ class SQLiteLedger(Ledger):
         try:
             # WAL + NORMAL: always consistent, no fsync per commit (power loss may drop the last).
             conn.execute("PRAGMA synchronous=NORMAL")
+            if self._upkept:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException:
             conn.close()
             raise
@@ -369,6 +375,25 @@ class SQLiteLedger(Ledger):
             self._conns.append(conn)
         self._local.conn = conn
         return conn
+
+    def upkeep(self) -> None:
+        """Checkpoint the WAL once it passes 4 MB. By default SQLite checkpoints in whichever
+        commit crosses 1000 pages, copying the WAL into the database and syncing it: a
+        millisecond stall on a caller's reservation. From the first call on, this
+        process's connections leave that to this method (other processes keep their own
+        rule, and a checkpoint is shared work: whoever runs it, the WAL is copied)."""
+        try:
+            if not self._upkept:
+                self._upkept = True
+                with self._conns_lock:
+                    conns = list(self._conns)
+                for conn in conns:  # SQLite serialises a connection used from two threads
+                    conn.execute("PRAGMA wal_autocheckpoint=0")
+            wal = self._path.with_name(self._path.name + "-wal")
+            if wal.stat().st_size >= _CHECKPOINT_BYTES:
+                self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except (OSError, sqlite3.Error) as exc:  # the next batch tries again
+            log.debug("ledger upkeep failed: %s", type(exc).__name__)
 
     def _forget_connections(self) -> None:
         # Inherited connections are abandoned, not closed: closing could disturb the parent.

@@ -166,6 +166,7 @@ class WriteBehindLedger(Ledger):
         finally:
             if self._journal is not None:
                 self._journal.committed(len(batch))
+        self.inner.upkeep()
         if self.on_settled is not None:
             for item, states in done:
                 try:

@@ -51,6 +51,18 @@ def _key(scope: str) -> int:
     return key or 1  # 0 marks a free slot
 
 
+_forks = 0  # bumped in a forked child: maps opened before it are the parent's
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 class RateWindows:
     """The windows in ``<ledger_path>.rates``; safe across threads, processes and fork."""
 
@@ -60,15 +72,15 @@ class RateWindows:
         self._size = slots * _SLOT_SIZE
         self._lock = threading.Lock()
         self._where: dict[str, int] = {}  # scope -> slot offset, found once per process
-        self._pid = 0
+        self._opened_at = -1  # the value of _forks when this process opened the map
         self._shared: SharedMap | None = None
 
     def _open(self) -> SharedMap | None:
         """The map for this process (a fork's child opens its own: ``flock`` belongs to
         the open file, which a child shares with its parent). Zeros are free slots."""
-        if self._pid == os.getpid():
+        if self._opened_at == _forks:  # no system call per take (no getpid)
             return self._shared
-        self._pid = os.getpid()
+        self._opened_at = _forks
         self._shared, self._where = None, {}  # a parent's map is the parent's to close
         with contextlib.suppress(OSError, ValueError):
             self._shared = SharedMap(self.path, self._size)
@@ -140,6 +152,6 @@ class RateWindows:
 
     def close(self) -> None:
         with self._lock:
-            if self._pid == os.getpid() and self._shared is not None:
+            if self._opened_at == _forks and self._shared is not None:
                 self._shared.close()
-            self._shared, self._pid = None, -1  # reopened if used again
+            self._shared, self._opened_at = None, -1  # reopened if used again
