@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 from iron_sdk.errors import (
     BudgetExceededError,
@@ -83,9 +84,10 @@ class UsageRow:
     unsettled_calls: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """One call's settlement, as queued by :class:`~iron_sdk.ledger.writer.WriteBehindLedger`."""
+class Settlement(NamedTuple):
+    """One call's settlement, as queued by :class:`~iron_sdk.ledger.writer.WriteBehindLedger`.
+    Immutable; a named tuple rather than a frozen dataclass, whose constructor costs four
+    times as much on every call's settle."""
 
     reservation_id: str
     scopes: tuple[str, ...]

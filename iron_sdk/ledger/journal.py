@@ -46,13 +46,23 @@ _MAP_SIZE = 64 * 1024  # bytes of entries the map first holds (it doubles when f
 
 def encode(entry: Entry) -> bytes:
     """One JSON line. Built by hand (strings JSON-escaped, numbers already checked ints):
-    this runs in the caller's thread on every call, at a third of ``json.dumps``'s cost."""
+    this runs in the caller's thread on every call, at a third of ``json.dumps``'s cost;
+    the escaped scopes, agent and model are kept per combination (a session repeats them)."""
     if isinstance(entry, str):
         return f'{{"r": {_q(entry)}}}\n'.encode()
-    scopes = ", ".join(map(_q, entry.scopes))
+    who = (entry.scopes, entry.agent_id, entry.model)
+    fields = _fields.get(who)
+    if fields is None:
+        if len(_fields) >= 1024:
+            _fields.clear()
+        fields = _fields[who] = (", ".join(map(_q, entry.scopes)), _q(entry.agent_id),
+                                 _q(entry.model))
+    scopes, agent, model = fields
     return (f'{{"s": [{_q(entry.reservation_id)}, [{scopes}], {entry.cost_micro:d}, '
-            f'{_q(entry.agent_id)}, {_q(entry.model)}, {entry.input_tokens:d}, '
-            f'{entry.output_tokens:d}]}}\n').encode()
+            f'{agent}, {model}, {entry.input_tokens:d}, {entry.output_tokens:d}]}}\n').encode()
+
+
+_fields: dict[tuple[tuple[str, ...], str, str], tuple[str, str, str]] = {}
 
 
 def decode(line: bytes) -> Entry | None:

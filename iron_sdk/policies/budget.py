@@ -148,11 +148,11 @@ class BudgetPolicy:
             session.reserved_micro -= call.reserved_micro
             session.spent_micro += call.cost_micro
             session.calls += 1
-            session_state = ScopeState(f"session:{session.agent_id}", session.cap_micro,
-                                       session.spent_micro, session.reserved_micro)
+            spent = session.spent_micro
         thresholds = session.budget.thresholds
         if session.cap_micro is not None:
-            self._thresholds(session.agent_id, call.cost_micro, thresholds, [session_state])
+            self._marks(session.agent_id, call.cost_micro, thresholds,
+                        f"session:{session.agent_id}", session.cap_micro, spent)
         if self._deferred:  # written behind: thresholds are checked once it is written
             self._pending[call.call_id] = thresholds
         if call.ledger_reserved and self.leases is not None:
@@ -208,13 +208,18 @@ class BudgetPolicy:
     def _thresholds(self, agent_id: str, cost_micro: int, thresholds: tuple[float, ...],
                     states: list[ScopeState]) -> None:
         """Emit ``budget_threshold`` for each mark this charge crossed."""
-        assert self.runtime is not None
         for state in states:
-            if not state.limit_micro:
-                continue
-            before = state.spent_micro - cost_micro
-            for t in thresholds:
-                if before < t * state.limit_micro <= state.spent_micro:
-                    self.runtime.emit(make_event(
-                        "budget_threshold", scope=state.scope, threshold=t, agent_id=agent_id,
-                        spent_micro=state.spent_micro, limit_micro=state.limit_micro))
+            if state.limit_micro:
+                self._marks(agent_id, cost_micro, thresholds, state.scope, state.limit_micro,
+                            state.spent_micro)
+
+    def _marks(self, agent_id: str, cost_micro: int, thresholds: tuple[float, ...],
+               scope: str, limit: int, spent: int) -> None:
+        """Emit ``budget_threshold`` for each mark of ``limit`` this charge crossed."""
+        assert self.runtime is not None
+        before = spent - cost_micro
+        for t in thresholds:
+            if before < t * limit <= spent:
+                self.runtime.emit(make_event(
+                    "budget_threshold", scope=scope, threshold=t, agent_id=agent_id,
+                    spent_micro=spent, limit_micro=limit))
