@@ -164,8 +164,12 @@ def governance_worker() -> None:
         print(json.dumps(timed(calls[mode], int(n))), flush=True)
 
 
-def bench_against(checkout: Path, blocks: int = 20) -> dict[str, Any]:
-    """Section 2 in this checkout and in ``checkout``, in alternating blocks of calls."""
+def bench_against(checkout: Path) -> dict[str, Any]:
+    """Section 2 in this checkout and in ``checkout``, in alternating blocks of 500 calls
+    (``BENCH_ROUNDS`` if fewer; at least 8 blocks a side: blocks long enough that a side's
+    write-behind batches fall inside its own turn). ``after_vs_before`` is the ratio of
+    the pooled p50s; ``block_ratio_p50`` the median of the per-block ratios, which a
+    burst of noise on the machine moves less."""
     here = Path(__file__).resolve()
     env = {**os.environ}
     env.pop("IRON_BENCH_ROOT", None)
@@ -177,21 +181,30 @@ def bench_against(checkout: Path, blocks: int = 20) -> dict[str, Any]:
                                    env={**env, "IRON_BENCH_ROOT": str(checkout)},
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True),
     }
-    out: dict[str, Any] = {"checkout": str(checkout)}
+    per_block = min(500, ROUNDS)
+    blocks = max(8, 4 * ROUNDS // per_block)
+    out: dict[str, Any] = {"checkout": str(checkout), "calls_per_side": blocks * per_block}
     try:
         for mode, name in (("free", "governance"), ("limited", "governance_with_budgets")):
             samples: dict[str, list[float]] = {side: [] for side in workers}
+            ratios = []
             for block in range(blocks):
                 order = list(workers) if block % 2 == 0 else list(reversed(workers))
+                p50: dict[str, float] = {}
                 for side in order:
                     proc = workers[side]
                     assert proc.stdin is not None and proc.stdout is not None
-                    proc.stdin.write(f"{mode} {max(ROUNDS // blocks, 1)}\n")
+                    proc.stdin.write(f"{mode} {per_block}\n")
                     proc.stdin.flush()
-                    samples[side] += json.loads(proc.stdout.readline())
-            p50 = {side: us(statistics.median(v)) for side, v in samples.items()}
-            out[f"{name}_p50_us"] = {**p50, "after_vs_before": round(
-                p50["after"] / p50["before"], 3)}
+                    block_samples = json.loads(proc.stdout.readline())
+                    samples[side] += block_samples
+                    p50[side] = statistics.median(block_samples)
+                ratios.append(p50["after"] / p50["before"])
+            pooled = {side: us(statistics.median(v)) for side, v in samples.items()}
+            out[f"{name}_p50_us"] = {**pooled, "after_vs_before": round(
+                pooled["after"] / pooled["before"], 3), "block_ratio_p50": round(
+                statistics.median(ratios), 3)}
+            out[f"{name}_mean_us"] = {side: us(statistics.mean(v)) for side, v in samples.items()}
     finally:
         for proc in workers.values():
             proc.kill()

@@ -50,6 +50,8 @@ def test_library_overhead_runs_side_by_side_with_a_checkout() -> None:
         assert both["after"] > 0 and both["before"] > 0
         assert both["after_vs_before"] == pytest.approx(both["after"] / both["before"],
                                                         abs=0.001)
+        assert both["block_ratio_p50"] > 0
+        assert all(v > 0 for v in against[name.replace("_p50_", "_mean_")].values())
 
 
 def test_router_overhead_runs_side_by_side_with_a_checkout() -> None:

@@ -51,19 +51,18 @@ class SafetyPolicy:
         cfg = call.session.safety
         if cfg.pii == "off" and cfg.secrets in (None, "off"):
             return
-        kinds: Counter[str] = Counter()
-        blocked: set[str] = set()
         request = call.request
         scanner = scanner_for(cfg)
         assert self.runtime is not None
         extra_hook: HookCaller | None = self.runtime.pm.hook.iron_detect
         if not extra_hook.get_hookimpls():  # only pay for the hook call when someone listens
             extra_hook = None
+        kinds: Counter[str] = Counter()
+        blocked: set[str] = set()
         try:
-            for text in request.texts:
-                findings = self._findings(text.value, cfg, scanner, extra_hook)
-                if not findings:
-                    continue
+            found = [(text, findings) for text in request.texts
+                     if (findings := self._findings(text.value, cfg, scanner, extra_hook))]
+            for text, findings in found:  # (most calls: none)
                 # A field the integration cannot write back is blocked, never sent as is.
                 writable = call.can_redact and request.can_write(text.path)
                 new = self._judge(text.value, findings, cfg, kinds, blocked, writable)
