@@ -23,8 +23,8 @@ A stand-in provider process (``python -m iron_sdk.standin``) and a router proces
 ``--policies`` gives the agent an operator policy (model allowlist, rpm and tpm limits)
 and a budget, so the operator-policy checks and the ledger reservation are on the path.
 ``--against CHECKOUT`` runs another checkout's router (its own ``.venv``; a worktree of
-the commit before a change) beside this one, with the same policies when that checkout has
-operator policies (``before.policies`` says): 1 then interleaves rounds of direct, this
+the commit before a change) beside this one, with the same policies as far as that
+checkout has them (``before.policies`` says which): 1 then interleaves rounds of direct, this
 router and that one in rotating order, 2 alternates their phases, and ``after_vs_before``
 gives the ratios; on a noisy machine that is the comparison to trust.
 
@@ -269,20 +269,22 @@ def litellm_proxy(direct: str, direct_rps: float, home: Path) -> dict[str, Any]:
                               "proxy_cpu_ms_per_request": cpu_ms}}
 
 
-def set_policies(home: Path, checkout: Path | None = None) -> bool:
+def set_policies(home: Path, checkout: Path | None = None) -> dict[str, bool]:
     """An operator policy and a budget for the bench agent, through the CLI of this
-    checkout (or ``checkout``); False when that one has no operator policy yet."""
+    checkout (or ``checkout``); says which of the two that checkout has (an older one may
+    have budgets but no operator policy)."""
     env = {**os.environ, "IRON_HOME": str(home)}
     python = str(checkout / ".venv" / "bin" / "python") if checkout else sys.executable
-    for args in (["policy", "set", "bench", "--models", "gpt-4o*", "--rpm", "10000000",
-                  "--tpm", "1000000000"], ["budget", "set", "bench", "--usd", "100000"]):
+    applied = {}
+    for name, args in (("operator_policy", ["policy", "set", "bench", "--models", "gpt-4o*",
+                                            "--rpm", "10000000", "--tpm", "1000000000"]),
+                       ("budget", ["budget", "set", "bench", "--usd", "100000"])):
         done = subprocess.run([python, "-m", "iron_sdk.cli", *args], cwd=checkout or ROOT,
                               env=env, capture_output=True)
-        if done.returncode != 0:
-            if checkout is None:
-                raise RuntimeError(done.stderr.decode(errors="replace"))
-            return False
-    return True
+        if done.returncode != 0 and checkout is None:
+            raise RuntimeError(done.stderr.decode(errors="replace"))
+        applied[name] = done.returncode == 0
+    return applied
 
 
 def sdk_times(router: str, token: str, n: int) -> list[float]:
@@ -387,8 +389,8 @@ def main() -> None:
                 other = stack.enter_context(RouterProcess(home=home / "before", env=upstream,
                                                           root=args.against.resolve()))
                 assert other.proc is not None
-                before_policies = args.policies and set_policies(home / "before",
-                                                                 args.against.resolve())
+                before_policies = (set_policies(home / "before", args.against.resolve())
+                                   if args.policies else {})
                 auth = f"Bearer {before_token(args.against.resolve(), home / 'before')}"
                 gateways["before"] = (other.url, auth, other.proc.pid)
             latency = added_latency(direct, {n: (url, auth) for n, (url, auth, _) in

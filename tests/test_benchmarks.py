@@ -57,7 +57,8 @@ def test_library_overhead_runs_side_by_side_with_a_checkout() -> None:
 def test_router_overhead_runs_side_by_side_with_a_checkout() -> None:
     result = run_benchmark("router_overhead", "--no-litellm", "--policies", "--against",
                            str(ROOT))
-    assert result["policies"] is True and result["before"]["policies"] is True
+    assert result["policies"] is True
+    assert result["before"]["policies"] == {"operator_policy": True, "budget": True}
     for side in (result, result["before"]):
         assert side["throughput_32"]["gateway_cpu_ms_per_request"] > 0
         assert side["added_latency"]["gateway_p50_ms"] > 0

@@ -325,6 +325,7 @@ def test_wal_checkpoints_move_to_the_writer_thread(tmp_path: Path,
         return row[0]
 
     monkeypatch.setattr(sqlite_ledger, "_CHECKPOINT_BYTES", 1 << 40)  # never due
+    monkeypatch.setattr(sqlite_ledger, "_LOOK_EVERY", 1)
     inner = SQLiteLedger(tmp_path / "l.db")
     led = WriteBehindLedger(inner, window_s=0)
     try:

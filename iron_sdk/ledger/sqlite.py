@@ -166,6 +166,7 @@ _RESET = "UPDATE spend SET spent_micro = 0 WHERE scope = ? AND pkey = ?"
 
 _PURGE_EVERY = 64  # limited reserves between charges of expired leases
 _CHECKPOINT_BYTES = 4 << 20  # WAL size at which upkeep copies it into the database
+_LOOK_EVERY = 16  # upkeeps between looks at the WAL's size (a batch writes a few pages)
 _FORGET_EVERY = 256  # settlements between sweeps of finished ids past retention
 
 _HOLD_SQL: dict[int, str] = {}
@@ -301,6 +302,7 @@ class SQLiteLedger(Ledger):
         self._unlimited: dict[tuple[str, ...], int] = {}
         self._limits_version: LimitsVersion | None = None
         self._upkept = False  # checkpoints left to upkeep() (a write-behind thread calls it)
+        self._upkeeps = 0
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):  # 0600 from birth, WAL inherits it
@@ -380,11 +382,12 @@ class SQLiteLedger(Ledger):
         return conn
 
     def upkeep(self) -> None:
-        """Checkpoint the WAL once it passes 4 MB. By default SQLite checkpoints in whichever
-        commit crosses 1000 pages, copying the WAL into the database and syncing it: a
-        millisecond stall on a caller's reservation. From the first call on, this
-        process's connections leave that to this method (other processes keep their own
-        rule, and a checkpoint is shared work: whoever runs it, the WAL is copied)."""
+        """Checkpoint the WAL once it passes 4 MB (its size looked at every 16th call). By
+        default SQLite checkpoints in whichever commit crosses 1000 pages, copying the WAL
+        into the database and syncing it: a millisecond stall on a caller's reservation.
+        From the first call on, this process's connections leave that to this method
+        (other processes keep their own rule, and a checkpoint is shared work: whoever
+        runs it, the WAL is copied)."""
         try:
             if not self._upkept:
                 self._upkept = True
@@ -392,6 +395,9 @@ class SQLiteLedger(Ledger):
                     conns = list(self._conns)
                 for conn in conns:  # SQLite serialises a connection used from two threads
                     conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._upkeeps += 1
+            if self._upkeeps % _LOOK_EVERY:
+                return
             wal = self._path.with_name(self._path.name + "-wal")
             if wal.stat().st_size >= _CHECKPOINT_BYTES:
                 self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
