@@ -34,7 +34,7 @@ from iron_sdk.errors import (
     SafetyViolationError,
     error_from_body,
 )
-from iron_sdk.plugins import call_each
+from iron_sdk.plugins import call_each, call_in_order
 from iron_sdk.remote_transport import Connection, ProtocolError
 from iron_sdk.session import Session
 from iron_sdk.usage import usage_to_dict
@@ -319,7 +319,7 @@ class RemoteRuntime:
                 request.set_field(name, value)  # e.g. the operator's output limit
                 if name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
                     request.max_tokens = value
-            self.hook.iron_llm_request(call=call)  # this process's plugins, decided
+            call_in_order(self.pm, "iron_llm_request", call=call)  # this process's plugins
         except BaseException as exc:
             self.fail_call(call, exc)
             call.outcome = "blocked"
