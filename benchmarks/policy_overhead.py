@@ -4,8 +4,9 @@
 
 Governance work per call (``begin_call`` + ``settle_call``, no network) for one agent with
 no policy, with a static policy (model allowlist, denylist, max_tokens ceiling, PII floor,
-tool lists on a team and global), and with a cross-process rate limit (rpm + tpm, one
-SQLite transaction per call); plus the store's ``version()`` and ``is_revoked`` alone.
+tool lists on a team and global), and with a cross-process rate limit (rpm + tpm, counted
+in the memory-mapped windows beside the ledger, under ``flock``); plus the store's
+``version()`` and ``is_revoked`` alone.
 JSON is printed last.
 """
 
