@@ -4,7 +4,8 @@ What processes sharing a SQLite ledger must agree on but need not keep (the limi
 version, the rate windows) lives in one of these beside the ledger: reading and writing it
 is a memory access, and :meth:`SharedMap.locked` (``flock``) makes a read-modify-write
 atomic across processes. ``flock`` belongs to the open file, which a forked child shares
-with its parent: a child that must exclude its parent opens its own :class:`SharedMap`.
+with its parent, so a child's first :meth:`~SharedMap.locked` opens the file again for its
+own lock (the mapping it inherited stays: it is the same shared memory).
 """
 
 from __future__ import annotations
@@ -13,8 +14,22 @@ import contextlib
 import fcntl
 import mmap
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+_forks = 0  # bumped in a forked child: open files made before it are shared with the parent
+_reopen = threading.Lock()
+
+
+def _forked() -> None:
+    global _forks, _reopen
+    _forks += 1
+    _reopen = threading.Lock()  # another thread of the parent may have held it
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class SharedMap:
@@ -22,7 +37,9 @@ class SharedMap:
     as :attr:`map`. Raises OSError or ValueError when it cannot be."""
 
     def __init__(self, path: Path, size: int) -> None:
+        self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._forks = _forks  # the process generation self._fd was opened in
         try:
             if os.fstat(self._fd).st_size < size:
                 with self.locked():
@@ -35,12 +52,21 @@ class SharedMap:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Exclude every other open file of this path (other processes) while it runs."""
+        """Exclude every other process (a forked parent or child included) while it runs."""
+        if self._forks != _forks:  # no system call per lock to notice a fork
+            self._own_file()
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _own_file(self) -> None:
+        with _reopen:
+            if self._forks != _forks:
+                inherited, self._fd = self._fd, os.open(self.path, os.O_RDWR)
+                self._forks = _forks
+                os.close(inherited)  # this process's copy: the parent's lock stays
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):

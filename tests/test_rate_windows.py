@@ -85,3 +85,30 @@ def test_two_stores_on_one_ledger_share_a_window(tmp_path: Path) -> None:
     assert (tmp_path / "l.db.rates").stat().st_mode & 0o777 == 0o600
     first.close()
     second.close()
+
+
+def _lock_in_child(shared: Any, out: Any) -> None:
+    with shared.locked():
+        out.put("locked")
+
+
+def test_a_forked_child_and_its_parent_exclude_each_other(tmp_path: Path) -> None:
+    # flock belongs to the open file, which fork shares: a child locking through the file
+    # it inherited would not wait for its parent (the limits version and the windows
+    # would lose updates). SharedMap opens the file again in the child.
+    import queue
+
+    from iron_sdk.shared_map import SharedMap
+
+    shared = SharedMap(tmp_path / "x.map", 8)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    with shared.locked():
+        child = ctx.Process(target=_lock_in_child, args=(shared, out))
+        child.start()
+        with pytest.raises(queue.Empty):  # the child waits for the parent's lock
+            out.get(timeout=0.5)
+    assert out.get(timeout=30) == "locked"  # and gets it once the parent lets go
+    child.join(30)
+    assert child.exitcode == 0
+    shared.close()

@@ -568,7 +568,8 @@ class SQLiteLedger(Ledger):
         ``now`` is read before the write lock, so a wait for it shortens the lease."""
         now = time.time()
         pairs = self._pairs(uniq, now)
-        fixed = self._hold_params.get(tuple(pairs))
+        key = tuple(pairs)
+        fixed = self._hold_params.get(key)
         if fixed is None:  # once per scope list and period
             configs, total = self._configs, periods.TOTAL
             built: list[object] = [_charge_json(pairs), sum(1 for key in pairs[1::2] if key)]
@@ -576,7 +577,7 @@ class SQLiteLedger(Ledger):
                 built += (scope, pairs[2 * i + 1], *configs.get(scope, total))
             if len(self._hold_params) >= 1024:
                 self._hold_params.clear()
-            fixed = self._hold_params[tuple(pairs)] = tuple(built)
+            fixed = self._hold_params[key] = tuple(built)
         params = (reservation_id, amount_micro, now + ttl_s, agent_id, model, *fixed)
         try:
             return self._conn().execute(_hold_sql(len(uniq)), params).rowcount > 0

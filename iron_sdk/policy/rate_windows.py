@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import math
 import mmap
-import os
 import struct
 import threading
 from pathlib import Path
@@ -51,18 +50,6 @@ def _key(scope: str) -> int:
     return key or 1  # 0 marks a free slot
 
 
-_forks = 0  # bumped in a forked child: maps opened before it are the parent's
-
-
-def _forked() -> None:
-    global _forks
-    _forks += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
-
-
 class RateWindows:
     """The windows in ``<ledger_path>.rates``; safe across threads, processes and fork."""
 
@@ -72,18 +59,14 @@ class RateWindows:
         self._size = slots * _SLOT_SIZE
         self._lock = threading.Lock()
         self._where: dict[str, int] = {}  # scope -> slot offset, found once per process
-        self._opened_at = -1  # the value of _forks when this process opened the map
         self._shared: SharedMap | None = None
+        self._opened = False  # mapped on first use (zeros are free slots); None: cannot be
 
     def _open(self) -> SharedMap | None:
-        """The map for this process (a fork's child opens its own: ``flock`` belongs to
-        the open file, which a child shares with its parent). Zeros are free slots."""
-        if self._opened_at == _forks:  # no system call per take (no getpid)
-            return self._shared
-        self._opened_at = _forks
-        self._shared, self._where = None, {}  # a parent's map is the parent's to close
-        with contextlib.suppress(OSError, ValueError):
-            self._shared = SharedMap(self.path, self._size)
+        if not self._opened:
+            self._opened = True
+            with contextlib.suppress(OSError, ValueError):
+                self._shared = SharedMap(self.path, self._size)
         return self._shared
 
     def _slot(self, mapped: mmap.mmap, scope: str) -> int | None:
@@ -152,6 +135,6 @@ class RateWindows:
 
     def close(self) -> None:
         with self._lock:
-            if self._opened_at == _forks and self._shared is not None:
+            if self._shared is not None:
                 self._shared.close()
-            self._shared, self._opened_at = None, -1  # reopened if used again
+            self._shared, self._opened = None, False  # reopened if used again
