@@ -269,20 +269,25 @@ def litellm_proxy(direct: str, direct_rps: float, home: Path) -> dict[str, Any]:
                               "proxy_cpu_ms_per_request": cpu_ms}}
 
 
+def cli(home: Path, checkout: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """``iron-runtime ARGS`` of this checkout (or ``checkout``, with its own venv)."""
+    python = str(checkout / ".venv" / "bin" / "python") if checkout else sys.executable
+    return subprocess.run([python, "-m", "iron_sdk.cli", *args], cwd=checkout or ROOT,
+                          env={**os.environ, "IRON_HOME": str(home)}, capture_output=True,
+                          text=True)
+
+
 def set_policies(home: Path, checkout: Path | None = None) -> dict[str, bool]:
     """An operator policy and a budget for the bench agent, through the CLI of this
     checkout (or ``checkout``); says which of the two that checkout has (an older one may
     have budgets but no operator policy)."""
-    env = {**os.environ, "IRON_HOME": str(home)}
-    python = str(checkout / ".venv" / "bin" / "python") if checkout else sys.executable
     applied = {}
     for name, args in (("operator_policy", ["policy", "set", "bench", "--models", "gpt-4o*",
                                             "--rpm", "10000000", "--tpm", "1000000000"]),
                        ("budget", ["budget", "set", "bench", "--usd", "100000"])):
-        done = subprocess.run([python, "-m", "iron_sdk.cli", *args], cwd=checkout or ROOT,
-                              env=env, capture_output=True)
+        done = cli(home, checkout, *args)
         if done.returncode != 0 and checkout is None:
-            raise RuntimeError(done.stderr.decode(errors="replace"))
+            raise RuntimeError(done.stderr)
         applied[name] = done.returncode == 0
     return applied
 
@@ -341,10 +346,8 @@ def sdk_round_trip(sides: dict[str, tuple[str, str, Path | None]],
 
 def before_token(checkout: Path, home: Path) -> str:
     """An agent token from the other checkout's own CLI (its token format, its key)."""
-    done = subprocess.run([str(checkout / ".venv" / "bin" / "python"), "-m", "iron_sdk.cli",
-                           "token", "issue", "--agent", "bench"], cwd=checkout, check=True,
-                          env={**os.environ, "IRON_HOME": str(home)}, capture_output=True,
-                          text=True)
+    done = cli(home, checkout, "token", "issue", "--agent", "bench")
+    done.check_returncode()
     return done.stdout.strip().splitlines()[-1]
 
 
