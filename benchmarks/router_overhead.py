@@ -35,6 +35,7 @@ trip ≤ 1 ms p50. JSON last.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.util
 import json
@@ -119,6 +120,9 @@ def added_latency(direct: str, gateways: dict[str, tuple[str, str]]) -> dict[str
     return out
 
 
+DROPPED: collections.Counter[str] = collections.Counter()  # connections dropped, per URL
+
+
 async def _throughput(url: str, auth: str) -> float:
     data = json.dumps(BODY).encode()
     headers = {"content-type": "application/json", "authorization": auth}
@@ -130,7 +134,12 @@ async def _throughput(url: str, auth: str) -> float:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                r = await client.post(url, content=data, headers=headers)
+                try:
+                    r = await client.post(url, content=data, headers=headers)
+                except httpx.TransportError:  # a connection the gateway dropped: counted,
+                    DROPPED[url] += 1          # and the request is made again
+                    remaining += 1
+                    continue
                 assert r.status_code == 200, r.text
 
         await asyncio.gather(*(client.post(url, content=data, headers=headers)
@@ -190,8 +199,9 @@ def throughput(direct: str, gateways: dict[str, tuple[str, str, int]],
     return {name: {"direct_rps": round(d, 1),
                    "gateway_rps": round(statistics.fmean(rates[name]), 1),
                    "gateway_vs_direct": round(statistics.fmean(rates[name]) / d, 3),
-                   "gateway_cpu_ms_per_request": round(statistics.fmean(cpus[name]), 3)}
-            for name in gateways}
+                   "gateway_cpu_ms_per_request": round(statistics.fmean(cpus[name]), 3),
+                   "dropped_connections": DROPPED[f"{url}/v1/chat/completions"]}
+            for name, (url, _, _) in gateways.items()}
 
 
 # LiteLLM's proxy as a plain gateway: the same stand-in, a master key, nothing else.

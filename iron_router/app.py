@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from iron_router.admin_api import routes as admin_routes
 from iron_router.config import RouterConfig
 from iron_router.dashboard import mount as dashboard
+from iron_router.hot_routes import HotRoutes
 from iron_router.metrics import CONTENT_TYPE, RouterMetrics
 from iron_router.offload import Offload
 from iron_router.openai_api import RouterState
@@ -48,7 +49,13 @@ except ModuleNotFoundError as exc:
 class RequestLog:
     """Outermost middleware: one log line and the request metrics per request, the
     in-flight count for a graceful shutdown, and the catch-all that turns an unexpected
-    error into a clean OpenAI-shaped 500 (no traceback text leaves the process)."""
+    error into a clean OpenAI-shaped 500 (no traceback text leaves the process).
+
+    A handler may mark its request ``quiet`` (``scope["iron.log"]["quiet"] = True``): if
+    it succeeds, its line is logged at DEBUG. The runtime API does so for an allowed
+    ``begin``, whose ``settle`` or ``fail`` line reports the call with its cost: one INFO
+    line per LLM call in SDK mode, as through the OpenAI door, and one ``write`` less per
+    call on the SDK's round trip."""
 
     def __init__(self, app: ASGIApp, metrics: RouterMetrics, tracker: InFlight) -> None:
         self.app = app
@@ -92,9 +99,10 @@ class RequestLog:
             path = getattr(route, "path", "other")
             agent, model = info.get("agent", ""), info.get("model", "")
             self.metrics.request(path, status, agent, model, elapsed)
-            if log.isEnabledFor(logging.INFO):
+            level = logging.DEBUG if status < 400 and info.get("quiet") else logging.INFO
+            if log.isEnabledFor(level):
                 cost = info.get("cost_micro")
-                log.info("%s %s %d %.1fms agent=%s model=%s%s%s", scope["method"],
+                log.log(level, "%s %s %d %.1fms agent=%s model=%s%s%s", scope["method"],
                          _printable(scope["path"][:200]), status, elapsed * 1000,
                          agent or "-", _printable(model) or "-",
                          "" if cost is None else f" cost_usd={cost / 1e6:.6f}",
@@ -413,7 +421,9 @@ def create_app(config: RouterConfig | None = None) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(RequestLog, metrics=router_metrics, tracker=tracker),
-                                Middleware(HostCheck, allowed_hosts=settings.allowed_hosts)],
+                                Middleware(HostCheck, allowed_hosts=settings.allowed_hosts),
+                                Middleware(HotRoutes, routes=[*openai_routes, *runtime_routes],
+                                           on_http_error=_http_error)],
                     exception_handlers={HTTPException: _http_error})
     app.state.runtime = runtime
     app.state.config = config

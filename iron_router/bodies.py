@@ -25,7 +25,7 @@ import math
 import re
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from iron_router.offload import Offload
 from iron_sdk.errors import InvalidRequestError, PayloadTooLargeError
@@ -65,14 +65,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"Request body of {int(declared)} bytes is over the "
                                    f"router's limit of {limit} bytes.")
+    cached: bytes | None = getattr(request, "_body", None)
+    if cached is not None:
+        return cached
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    receive = request.receive  # not request.stream(): an async generator costs ~3 µs
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLargeError(f"Request body is over the router's limit of "
                                        f"{limit} bytes.")
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     request._body = raw  # Starlette's own cache: request.body() now answers from it
     return raw

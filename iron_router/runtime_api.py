@@ -30,6 +30,10 @@ Bodies are parsed with ``json.loads`` and checked by hand (these are on every LL
 configs, once per session, go through the pydantic models. Errors use the OpenAI error
 shape; a client's mistake is a 4xx, an unknown session or call a 404.
 
+``begin``, ``settle`` and ``fail`` answer with the call's events (what the SDK replays
+to its own ``iron_event`` plugins); a client with no such plugin sends ``"events":
+false`` and gets none.
+
 Handlers are ``async`` and call the runtime directly on the event loop: its work per call
 is tens of microseconds, far less than a hop to a worker thread; only ``flush`` (which
 waits for a commit) runs in the thread pool.
@@ -83,6 +87,21 @@ def _str(body: dict[str, Any], name: str, default: str | None = None) -> str:
     return value
 
 
+def _events_wanted(body: dict[str, Any]) -> bool:
+    """False when the client said ``"events": false`` (checked before any work)."""
+    wanted = body.get("events", True)
+    if type(wanted) is not bool:
+        raise _BadRequest("'events' must be a boolean.")
+    return wanted
+
+
+def _answer(payload: dict[str, Any], events: list[Any] | None) -> Response:
+    """A call endpoint's answer, with the call's events when the client wants them."""
+    if events is not None:
+        payload["events"] = events
+    return JSONResponse(payload)
+
+
 def _state(entry: Entry) -> dict[str, Any]:
     entry.seq += 1
     s = entry.session
@@ -133,6 +152,13 @@ def _log(request: Request, entry: Entry, model: Any, call: LlmCall | None = None
             info["model"] = model
         if call is not None and call.outcome != "pending":
             info["cost_micro"], info["outcome"] = call.cost_micro, call.outcome
+
+
+def _log_quietly(request: Request) -> None:
+    """Log this request at DEBUG if it succeeds (a refusal is still logged at INFO)."""
+    info = request.scope.get("iron.log")
+    if info is not None:
+        info["quiet"] = True
 
 
 def _configs(body: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +301,7 @@ async def begin_call(request: Request) -> Response:
       200:
         description: "{call_id, redacted, edits (path, value) of the redactions,
           findings, reserved_micro, input_tokens_est, max_output_tokens, provider,
-          session, events}"
+          session, events (unless the body says events: false)}"
       400: {description: "OpenAI-shaped error (400, 402, 403, 404, 429, 503)"}
     """
     body = await _body(request)
@@ -293,6 +319,7 @@ async def begin_call(request: Request) -> Response:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _BadRequest("'model' must be a string.")
+    wanted = _events_wanted(body)
     llm_request = read_request(_str(body, "kind", "chat"), fields, owned=True)
     _log(request, entry, model or llm_request.model)
     with collect_events() as events:
@@ -303,12 +330,13 @@ async def begin_call(request: Request) -> Response:
     call.remote = True
     entry.calls[call.call_id] = call
     reg.calls[call.call_id] = (entry, call)
-    return JSONResponse({
+    _log_quietly(request)  # allowed: the settle's line, with the cost, tells of the call
+    return _answer({
         "call_id": call.call_id, "redacted": call.redacted,
         "edits": llm_request.edits, "fields": llm_request.fields, "findings": call.findings,
         "reserved_micro": call.reserved_micro, "input_tokens_est": call.input_tokens_est,
         "max_output_tokens": call.max_output_tokens, "provider": call.provider,
-        "session": _state(entry), "events": events})
+        "session": _state(entry)}, events if wanted else None)
 
 
 def _usage(raw: Any, call: LlmCall) -> Usage:
@@ -342,19 +370,20 @@ async def settle_call(request: Request) -> Response:
     tags: [runtime]
     security: [{bearerAuth: []}]
     responses:
-      200: {description: "{cost_micro, outcome, session, events}"}
+      200: {description: "{cost_micro, outcome, session, events unless declined}"}
       400: {description: "OpenAI-shaped error (400, 404)"}
     """
     body = await _body(request)
     reg = registry(request)
     entry, call = reg.call(request.path_params["call_id"], _owner(request))
     usage = _usage(body.get("usage"), call)
+    wanted = _events_wanted(body)
     with collect_events() as events:
         reg.runtime.settle_call(call, usage)
     reg.done(entry, call)
     _log(request, entry, call.model, call)
-    return JSONResponse({"cost_micro": call.cost_micro, "outcome": call.outcome,
-                         "session": _state(entry), "events": events})
+    return _answer({"cost_micro": call.cost_micro, "outcome": call.outcome,
+                    "session": _state(entry)}, events if wanted else None)
 
 
 @_endpoint
@@ -365,19 +394,20 @@ async def fail_call(request: Request) -> Response:
     tags: [runtime]
     security: [{bearerAuth: []}]
     responses:
-      200: {description: "{outcome, session, events}"}
+      200: {description: "{outcome, session, events unless declined}"}
       400: {description: "OpenAI-shaped error (400, 404)"}
     """
     body = await _body(request, optional=True)
     error = _remote_error(body) or RuntimeError("reported by the SDK")
+    wanted = _events_wanted(body)
     reg = registry(request)
     entry, call = reg.call(request.path_params["call_id"], _owner(request))
     with collect_events() as events:
         reg.runtime.fail_call(call, error)
     reg.done(entry, call)
     _log(request, entry, call.model, call)
-    return JSONResponse({"outcome": call.outcome, "session": _state(entry),
-                         "events": events})
+    return _answer({"outcome": call.outcome, "session": _state(entry)},
+                   events if wanted else None)
 
 
 @_endpoint

@@ -228,6 +228,26 @@ async def test_read_json_limits_size_while_streaming() -> None:
     assert await read_json(_request([]), 1000, optional=True) == {}
 
 
+async def test_read_body_stops_at_a_disconnect_and_reads_once() -> None:
+    from starlette.requests import ClientDisconnect, Request
+
+    from iron_router.bodies import read_body
+
+    messages = [{"type": "http.request", "body": b'{"a"', "more_body": True},
+                {"type": "http.disconnect"}]  # the client leaves mid-body
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    gone = Request({"type": "http", "method": "POST", "path": "/", "headers": [],
+                    "query_string": b""}, receive)
+    with pytest.raises(ClientDisconnect):
+        await read_body(gone, 1000)
+    whole = _request([b'{"a"', b": 1}"])
+    assert await read_body(whole, 1000) == b'{"a": 1}'
+    assert await read_body(whole, 1000) == b'{"a": 1}'  # read again: the same bytes
+
+
 async def test_read_json_parses_large_bodies_off_the_loop() -> None:
     import threading
 

@@ -325,6 +325,73 @@ def test_state_survives_reopen(tmp_path: Path) -> None:
         assert led.usage() == [UsageRow("x", "m", 1, 0, 0, 40)]
 
 
+# -- one process's writers -----------------------------------------------------------
+
+
+def test_a_processs_writers_to_one_file_share_a_lock(tmp_path: Path) -> None:
+    """Writers in one process queue on the file's lock, not in SQLite's busy handler
+    (which sleeps a millisecond and more per try); a wait past ``busy_timeout_s`` is a
+    LedgerError, as SQLite's own would be."""
+    from iron_sdk.ledger.sqlite import write_lock
+
+    (tmp_path / "link").symlink_to(tmp_path)
+    path = tmp_path / "ledger.db"
+    assert write_lock(path) is write_lock(tmp_path / "link" / "ledger.db")
+    with SQLiteLedger(path) as writer, \
+            SQLiteLedger(tmp_path / "link" / "ledger.db", busy_timeout_s=0.05) as other:
+        writer.set_limit(AGENT, 100)
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with write_lock(path):  # SQLite itself is not locked meanwhile
+                assert writer.reserve("mine", [AGENT], 60, 30)  # the holder may write
+                holding.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert holding.wait(10)
+        with pytest.raises(LedgerError, match="another thread of this process"):
+            other.reserve("theirs", [AGENT], 30, 30)
+        release.set()
+        holder.join(10)
+        assert other.reserve("theirs", [AGENT], 30, 30)
+        assert other.state(AGENT).reserved_micro == 90
+
+
+def _fork_child_reserves(path: str, done: Any) -> None:
+    with SQLiteLedger(path, busy_timeout_s=1) as led:
+        done.put(led.reserve("child", [AGENT], 1, 30))
+
+
+def test_a_forked_child_does_not_inherit_a_held_write_lock(tmp_path: Path) -> None:
+    from iron_sdk.ledger.sqlite import write_lock
+
+    path = tmp_path / "ledger.db"
+    with SQLiteLedger(path) as led:
+        led.set_limit(AGENT, 100)
+    ctx = multiprocessing.get_context("fork")
+    done = ctx.Queue()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with write_lock(path):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        child = ctx.Process(target=_fork_child_reserves, args=(str(path), done))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0 and done.get(timeout=5) is True
+    finally:
+        release.set()
+        holder.join(10)
+
+
 # -- failures -------------------------------------------------------------------------
 
 

@@ -716,3 +716,19 @@ def test_without_a_config_models_pass_through_to_the_environment_upstream(monkey
     route = load_config(None).passthrough("gpt-4o")
     assert route.chat_url == "http://127.0.0.1:9/v1/chat/completions"
     assert route.api_key == "sk-env-key-123456" and not route.translate
+
+
+def test_log_lines_keep_the_standard_format() -> None:
+    """The request log formats each second's date once; every line still reads as
+    ``logging.Formatter`` would write it, across seconds and in any order."""
+    import logging
+
+    from iron_router.server import _Formatter
+
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    ours, standard = _Formatter(fmt), logging.Formatter(fmt)
+    for created in (1796165003.001, 1796165003.999, 1796165004.5, 1796165003.25, 1.0):
+        record = logging.LogRecord("iron_router", logging.INFO, __file__, 1, "POST %s",
+                                   ("/v1/runtime/calls",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == standard.format(record)
