@@ -32,6 +32,31 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
 
+def _flock_holding_gil(fd: int, operation: int) -> int:
+    """``flock(fd, operation)`` keeping the GIL: 0, or -1 when it failed (it would block).
+
+    ``fcntl.flock`` lets go of the GIL around the call, and a write-behind or audit thread
+    waiting for it then runs its batch while this caller, back from a 1 µs system call,
+    waits to get it back: 15 µs a ``flock`` in a runtime with those threads, two per
+    rate-limited call (``benchmarks/policy_overhead.py``). Only a lock that is free is
+    taken this way; one another process holds is waited for by ``fcntl.flock``."""
+    global _flock_holding_gil
+    try:
+        import ctypes
+
+        call = ctypes.PyDLL(None).flock  # a PyDLL function is called with the GIL held
+        call.argtypes, call.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    except (ImportError, OSError, AttributeError):  # no C library to call: fcntl's own
+        def call(fd: int, operation: int) -> int:
+            try:
+                fcntl.flock(fd, operation)
+            except OSError:
+                return -1
+            return 0
+    _flock_holding_gil = call
+    return int(call(fd, operation))
+
+
 class SharedMap:
     """``path`` (0600, created and grown with zeros as needed), ``size`` bytes of it mapped
     as :attr:`map`. Raises OSError or ValueError when it cannot be."""
@@ -55,11 +80,12 @@ class SharedMap:
         """Exclude every other process (a forked parent or child included) while it runs."""
         if self._forks != _forks:  # no system call per lock to notice a fork
             self._own_file()
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if _flock_holding_gil(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # another holds it: wait, the GIL released
         try:
             yield
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            _flock_holding_gil(self._fd, fcntl.LOCK_UN)
 
     def _own_file(self) -> None:
         with _reopen:

@@ -112,3 +112,38 @@ def test_a_forked_child_and_its_parent_exclude_each_other(tmp_path: Path) -> Non
     child.join(30)
     assert child.exitcode == 0
     shared.close()
+
+
+def test_a_free_lock_is_taken_holding_the_gil_a_held_one_is_waited_for(tmp_path: Path) -> None:
+    """``SharedMap.locked`` tries the lock without letting go of the GIL (no other thread
+    of this process gets to run in the middle of a rate-limited call); a lock another open
+    file holds makes the try fail, and it waits for it as ``fcntl.flock`` does."""
+    import fcntl
+    import os
+    import threading
+
+    from iron_sdk.shared_map import SharedMap, _flock_holding_gil
+
+    path = tmp_path / "map"
+    shared = SharedMap(path, 64)
+    other = os.open(path, os.O_RDWR)  # another open file: flock excludes it like a process
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert _flock_holding_gil(shared._fd, fcntl.LOCK_EX | fcntl.LOCK_NB) != 0
+        entered = threading.Event()
+
+        def lock_it() -> None:
+            with shared.locked():
+                entered.set()
+
+        waiter = threading.Thread(target=lock_it)
+        waiter.start()
+        assert not entered.wait(0.2)  # waits for the other holder
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert entered.wait(10)
+        waiter.join(10)
+        assert _flock_holding_gil(shared._fd, fcntl.LOCK_EX | fcntl.LOCK_NB) == 0
+        assert _flock_holding_gil(shared._fd, fcntl.LOCK_UN) == 0
+    finally:
+        os.close(other)
+        shared.close()
