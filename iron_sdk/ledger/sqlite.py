@@ -2,12 +2,7 @@
 
 Concurrency model: WAL journal (readers never block the writer), one connection per thread,
 autocommit mode, and ``BEGIN IMMEDIATE`` around every multi-statement write so the reserve
-check-and-insert is serialised across processes by SQLite's own write lock. Within one
-process, writes to a file also take that file's :func:`write_lock` first: a thread that
-finds SQLite's lock taken waits in its busy handler, which sleeps 1 ms and more at a
-time, so a caller's reservation meeting the write-behind thread's commit stalled for a
-millisecond or more (3 % of reservations in a router); on the process's own lock it
-goes on as soon as the commit is done. Reservations
+check-and-insert is serialised across processes by SQLite's own write lock. Reservations
 are leases (``expires`` is wall-clock time, comparable across processes); see
 :mod:`iron_sdk.ledger.base` for what happens when one runs out. The file and its WAL are
 created 0600.
@@ -27,7 +22,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii as _q
 from pathlib import Path
 
@@ -270,22 +265,9 @@ class _StaleConfig(Exception):  # noqa: N818 - internal signal, never escapes
 
 # Connections must not cross fork(): children of a forking parent start with fresh ones.
 _LIVE: weakref.WeakSet[SQLiteLedger] = weakref.WeakSet()
-_write_locks: dict[str, threading.RLock] = {}
-_write_locks_lock = threading.Lock()
-
-
-def write_lock(path: Path) -> threading.RLock:
-    """The lock this process's writers to the SQLite file ``path`` take before SQLite's."""
-    key = os.path.realpath(path)
-    with _write_locks_lock:
-        lock = _write_locks.get(key)
-        if lock is None:
-            lock = _write_locks[key] = threading.RLock()
-        return lock
 
 
 def _after_fork_in_child() -> None:
-    _write_locks.clear()  # a lock another thread held at fork() would never be released
     for ledger in list(_LIVE):
         ledger._forget_connections()
 
@@ -321,7 +303,6 @@ class SQLiteLedger(Ledger):
         self._limits_version: LimitsVersion | None = None
         self._upkept = False  # checkpoints left to upkeep() (a write-behind thread calls it)
         self._upkeeps = 0
-        self._write_lock = write_lock(self._path)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):  # 0600 from birth, WAL inherits it
@@ -330,15 +311,14 @@ class SQLiteLedger(Ledger):
             conn = self._conn()
             # WAL is persistent in the file; set once here, not per connection.
             conn.execute("PRAGMA journal_mode=WAL")
-            with self._writing():
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    self._migrate(conn)
-                    self._expire(conn, time.time())
-                    conn.execute("COMMIT")
-                except BaseException:
-                    self._abort(conn)
-                    raise
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                self._migrate(conn)
+                self._expire(conn, time.time())
+                conn.execute("COMMIT")
+            except BaseException:
+                self._abort(conn)
+                raise
         except (sqlite3.Error, OSError) as exc:
             self.close()
             raise self._error(exc) from exc
@@ -429,19 +409,6 @@ class SQLiteLedger(Ledger):
         self._local = threading.local()
         self._conns = []
         self._conns_lock = threading.Lock()
-        self._write_lock = write_lock(self._path)
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        """This process's write lock on the file, waited for as long as SQLite's would be
-        (``busy_timeout_s``); raises :class:`LedgerError` when that runs out."""
-        if not self._write_lock.acquire(timeout=self._timeout):
-            raise LedgerError(f"SQLite ledger at '{self._path}' failed: database is locked "
-                              f"(another thread of this process held it {self._timeout} s)")
-        try:
-            yield
-        finally:
-            self._write_lock.release()
 
     def _abort(self, conn: sqlite3.Connection) -> None:
         """Roll back after a failure; a connection that cannot even do that is discarded."""
@@ -464,14 +431,13 @@ class SQLiteLedger(Ledger):
         LedgerError, anything else (a refusal, a bad value) rolls back and propagates."""
         try:
             conn = self._conn()
-            with self._writing():
-                try:  # BEGIN inside: an interrupt right after it must still roll back
-                    conn.execute("BEGIN IMMEDIATE")
-                    result = work(conn, time.time())  # after the lock wait: judged fairly
-                    conn.execute("COMMIT")
-                except BaseException:
-                    self._abort(conn)
-                    raise
+            try:  # BEGIN inside: an interrupt right after it must still roll back
+                conn.execute("BEGIN IMMEDIATE")
+                result = work(conn, time.time())  # after the lock wait: judged fairly
+                conn.execute("COMMIT")
+            except BaseException:
+                self._abort(conn)
+                raise
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         return result
@@ -614,9 +580,7 @@ class SQLiteLedger(Ledger):
             fixed = self._hold_params[key] = tuple(built)
         params = (reservation_id, amount_micro, now + ttl_s, agent_id, model, *fixed)
         try:
-            conn = self._conn()
-            with self._writing():
-                return conn.execute(_hold_sql(len(uniq)), params).rowcount > 0
+            return self._conn().execute(_hold_sql(len(uniq)), params).rowcount > 0
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
@@ -811,9 +775,7 @@ class SQLiteLedger(Ledger):
     def _write(self, sql: str, params: tuple[object, ...]) -> None:
         """One statement in autocommit mode is its own atomic transaction."""
         try:
-            conn = self._conn()
-            with self._writing():
-                conn.execute(sql, params)
+            self._conn().execute(sql, params)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
