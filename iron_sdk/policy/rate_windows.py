@@ -60,7 +60,7 @@ class RateWindows:
         self._lock = threading.Lock()
         self._where: dict[str, int] = {}  # scope -> slot offset, found once per process
         self._shared: SharedMap | None = None
-        self._opened = False  # mapped on first use (zeros are free slots); None: cannot be
+        self._opened = False  # mapped on first use (zeros are free slots), tried once
 
     def _open(self) -> SharedMap | None:
         if not self._opened:
