@@ -232,6 +232,9 @@ def read_request(kind: str, body: dict[str, Any], *, writable: Writable | None =
     stream = _flag(body, "stream")
     if kind == "embedding":
         return _read_embedding(body, stream, writable, owned)
+    texts: list[Text] = []
+    media: list[Media] = []
+    walked = None  # the field walked while it was checked
     if kind == "completion":
         _require(body, "prompt", "'prompt' is required.")
         _check_prompt(body.get("prompt"))
@@ -249,6 +252,8 @@ def read_request(kind: str, body: dict[str, Any], *, writable: Writable | None =
             if not isinstance(_field(m, "role"), str):
                 raise InvalidRequestError(
                     f"messages[{i}] must be an object with a 'role' string.")
+            _walk(m, ("messages", i), texts, media, False, 1)
+        walked = "messages"
     options = body.get("stream_options")
     if _given(options) and not isinstance(options, dict):
         raise InvalidRequestError("'stream_options' must be an object.")
@@ -267,10 +272,8 @@ def read_request(kind: str, body: dict[str, Any], *, writable: Writable | None =
     choices = _positive(body, "n") or 1
     if kind == "completion":  # best_of outputs are generated; each prompt of a batch too
         choices = max(choices, _positive(body, "best_of") or 1) * _prompts(body["prompt"])
-    texts: list[Text] = []
-    media: list[Media] = []
     for key, value in body.items():
-        if key not in _SKIP_TOP and value is not None:
+        if key not in _SKIP_TOP and value is not None and key != walked:
             _walk(value, (key,), texts, media, key in ("tools", "functions"))
     return LlmRequest(kind, body, texts=texts, max_tokens=max_tokens, choices=choices,
                       stream=stream, media=media, writable=writable, owned=owned)

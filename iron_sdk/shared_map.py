@@ -78,14 +78,21 @@ class SharedMap:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Exclude every other process (a forked parent or child included) while it runs."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def acquire(self) -> None:
+        """Take the file lock (:meth:`locked` without a generator, for the hot path)."""
         if self._forks != _forks:  # no system call per lock to notice a fork
             self._own_file()
         if _flock_holding_gil(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
             fcntl.flock(self._fd, fcntl.LOCK_EX)  # another holds it: wait, the GIL released
-        try:
-            yield
-        finally:
-            _flock_holding_gil(self._fd, fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        _flock_holding_gil(self._fd, fcntl.LOCK_UN)
 
     def _own_file(self) -> None:
         with _reopen:

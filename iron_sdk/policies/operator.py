@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from iron_sdk.config import PII_STRICTNESS
@@ -32,7 +31,9 @@ from iron_sdk.errors import (
     ToolNotAllowedError,
 )
 from iron_sdk.hookspecs import hookimpl
+from iron_sdk.policies.budget import DEFAULT_MAX_OUTPUT
 from iron_sdk.policy import EffectivePolicy, Policy, PolicyStore, effective, open_policy_store
+from iron_sdk.tokens import count_request
 
 if TYPE_CHECKING:
     from iron_sdk.call import LlmCall, ToolCall
@@ -42,31 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("iron_sdk.operator")
 
 
-@dataclass(slots=True)
-class CallView:
-    """What the policy reads of a model call."""
-
-    agent: str
-    scopes: tuple[str, ...]
-    claims: dict[str, Any]
-    requested: Policy | None
-    model: str
-    max_tokens: int | None
-    kind: str
-
-
-def read_call(call: LlmCall) -> CallView:
-    """The one place that reads an :class:`LlmCall` (re-point it when the call changes)."""
-    s = call.session
-    return CallView(s.agent_id, s.scopes, s.claims, getattr(s, "policy", None), call.model,
-                    call.max_tokens, call.kind)
-
-
 def call_tokens(call: LlmCall, runtime: Runtime) -> int:
     """Input tokens plus the output tokens the call may generate (what tpm counts)."""
-    from iron_sdk.policies.budget import DEFAULT_MAX_OUTPUT
-    from iron_sdk.tokens import count_request
-
     if not call.input_tokens_est:
         call.input_tokens_est = count_request(call.model, call.request)
     out = call.request.output_tokens(call.session.budget.default_max_tokens
@@ -100,17 +78,16 @@ class OperatorPolicy:
             self.store.close()
 
     # -- what applies ----------------------------------------------------------------------
-    def effective_for(self, agent: str, scopes: tuple[str, ...],
-                      requested: Policy | None = None) -> EffectivePolicy:
+    def effective_for(self, agent: str, scopes: tuple[str, ...]) -> EffectivePolicy:
         """The agent's effective policy now (cached until the store's version moves)."""
         assert self.store is not None
         snap = self.store.snapshot()
-        key = (agent, scopes, requested)
+        key = (agent, scopes)
         eff = snap.cache.get(key)
         if eff is None:
             names = (f"agent:{agent}", *scopes)
             eff = effective({s: snap.policies[s] for s in names if s in snap.policies},
-                            self.defaults, requested)
+                            self.defaults)
             if len(snap.cache) >= 4096:
                 snap.cache.clear()
             snap.cache[key] = eff
@@ -137,8 +114,10 @@ class OperatorPolicy:
 
     @hookimpl(tryfirst=True)
     def iron_llm_request(self, call: LlmCall) -> None:
-        view = read_call(call)
-        self._guarded(call.session, lambda: self._check_call(call, view))
+        try:  # (no lambda through _guarded: this runs on every call)
+            self._check_call(call)
+        except RuntimeUnavailableError as exc:
+            self._store_failed(call.session, exc)
 
     @hookimpl(tryfirst=True)
     def iron_tool_request(self, call: ToolCall) -> None:
@@ -149,41 +128,48 @@ class OperatorPolicy:
         try:
             return check()
         except RuntimeUnavailableError as exc:
-            if session.budget.on_ledger_error == "closed":
-                raise
-            log.warning("policy store failed, proceeding (on_ledger_error='open'): %s", exc)
+            self._store_failed(session, exc)
             return None
 
-    def _check_call(self, call: LlmCall, view: CallView) -> None:
+    @staticmethod
+    def _store_failed(session: Session, exc: RuntimeUnavailableError) -> None:
+        if session.budget.on_ledger_error == "closed":
+            raise exc
+        log.warning("policy store failed, proceeding (on_ledger_error='open'): %s", exc)
+
+    def _check_call(self, call: LlmCall) -> None:
         assert self.store is not None and self.runtime is not None
-        if view.claims:
-            reason = self.store.is_revoked(view.claims)
+        session = call.session
+        if session.claims:
+            reason = self.store.is_revoked(session.claims)
             if reason:
                 raise InvalidTokenError(reason)
-        eff = self.effective_for(view.agent, view.scopes, view.requested)
+        agent = session.agent_id
+        eff = self.effective_for(agent, session.scopes)
         if not eff.restricts_calls:
             return
         if eff.disabled:
-            raise AgentDisabledError(view.agent)
-        source = eff.model_refusal(view.model)
+            raise AgentDisabledError(agent)
+        model = call.model
+        source = eff.model_refusal(model)
         if source is not None:
-            raise ModelNotAllowedError(view.model, message=(
-                f"Model '{view.model[:100]}' is not allowed for agent '{view.agent}' "
-                f"(policy of {source}); `iron-runtime policy show {view.agent}` lists what is."))
+            raise ModelNotAllowedError(model, message=(
+                f"Model '{model[:100]}' is not allowed for agent '{agent}' "
+                f"(policy of {source}); `iron-runtime policy show {agent}` lists what is."))
         if eff.max_tokens is not None:
-            ceiling = eff.max_tokens.value
-            if view.max_tokens is None:
+            ceiling, asked = eff.max_tokens.value, call.request.max_tokens
+            if asked is None:
                 call.request.limit_output(ceiling)
-            elif view.max_tokens > ceiling:
+            elif asked > ceiling:
                 raise PolicyViolationError("max_tokens", message=(
-                    f"max_tokens {view.max_tokens} is over the ceiling of {ceiling} output "
+                    f"max_tokens {asked} is over the ceiling of {ceiling} output "
                     f"tokens per call (policy of {eff.max_tokens.source}); ask for less."))
         if eff.pii is not None:
-            _raise_pii_floor(call.session, eff.pii.value)
+            _raise_pii_floor(session, eff.pii.value)
         if eff.rpm is not None or eff.tpm is not None:
-            self._rate(call, view, eff)
+            self._rate(call, agent, eff)
 
-    def _rate(self, call: LlmCall, view: CallView, eff: EffectivePolicy) -> None:
+    def _rate(self, call: LlmCall, agent: str, eff: EffectivePolicy) -> None:
         assert self.store is not None and self.runtime is not None
         rpm = eff.rpm.value if eff.rpm else None
         tpm = eff.tpm.value if eff.tpm else None
@@ -194,10 +180,10 @@ class OperatorPolicy:
                 f"{tpm} tokens per minute allowed (policy of {eff.tpm.source}); "
                 "lower max_tokens or shorten the prompt."))
         now = self.clock() if self.clock is not None else time.time()
-        wait = self.store.take(f"agent:{view.agent}", tokens, rpm, tpm, now)
+        wait = self.store.take(f"agent:{agent}", tokens, rpm, tpm, now)
         if wait is not None:
             raise RateLimitedError(wait, message=(
-                f"Rate limit of agent '{view.agent}' reached "
+                f"Rate limit of agent '{agent}' reached "
                 f"({_limits(eff)}); retry after {wait:.1f}s."))
 
     def _check_tool(self, session: Session, tool: str) -> None:
@@ -206,8 +192,7 @@ class OperatorPolicy:
             reason = self.store.is_revoked(session.claims)
             if reason:
                 raise InvalidTokenError(reason)
-        eff = self.effective_for(session.agent_id, session.scopes,
-                                 getattr(session, "policy", None))
+        eff = self.effective_for(session.agent_id, session.scopes)
         if eff.disabled:
             raise AgentDisabledError(session.agent_id)
         source = eff.tool_refusal(tool)

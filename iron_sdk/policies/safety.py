@@ -57,12 +57,15 @@ class SafetyPolicy:
         extra_hook: HookCaller | None = self.runtime.pm.hook.iron_detect
         if not extra_hook.get_hookimpls():  # only pay for the hook call when someone listens
             extra_hook = None
-        kinds: Counter[str] = Counter()
+        kinds: Counter[str] | None = None
         blocked: set[str] = set()
         try:
             found = [(text, findings) for text in request.texts
                      if (findings := self._findings(text.value, cfg, scanner, extra_hook))]
-            for text, findings in found:  # (most calls: none)
+            if not found:  # most calls
+                return
+            kinds = Counter()
+            for text, findings in found:
                 # A field the integration cannot write back is blocked, never sent as is.
                 writable = call.can_redact and request.can_write(text.path)
                 new = self._judge(text.value, findings, cfg, kinds, blocked, writable)

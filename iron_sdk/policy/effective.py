@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import cached_property
 from typing import Any
 
 from iron_sdk.config import PII_STRICTNESS
@@ -43,7 +44,7 @@ class EffectivePolicy:
     _memo: dict[tuple[str, str], str | None] = field(default_factory=dict, compare=False,
                                                      repr=False)
 
-    @property
+    @cached_property
     def restricts_calls(self) -> bool:
         """Whether model calls have anything to check (else the hot path returns early)."""
         return bool(self.allow_models or self.deny_models or self.pii or self.rpm

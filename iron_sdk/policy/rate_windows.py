@@ -99,7 +99,8 @@ class RateWindows:
             if shared is None:
                 raise NoWindow(scope)
             mapped = shared.map
-            with shared.locked():
+            shared.acquire()
+            try:
                 offset = self._slot(mapped, scope)
                 if offset is None:
                     raise NoWindow(scope)
@@ -131,6 +132,8 @@ class RateWindows:
                 _HEAD.pack_into(mapped, offset, key, requests, used, swept)
                 buckets = [b for b in _BUCKET.iter_unpack(mapped[ring:ring + _RING_SIZE])
                            if b[0] > swept]
+            finally:
+                shared.release()
         return window_decision(buckets, now, tokens, rpm, tpm)
 
     def close(self) -> None:
