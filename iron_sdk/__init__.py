@@ -29,6 +29,7 @@ _EXPORTS = {
     "SafetyConfig": "iron_sdk.config",
     "ReliabilityConfig": "iron_sdk.config",
     "RuntimeConfig": "iron_sdk.config",
+    "Policy": "iron_sdk.policy.model",
     **{name: "iron_sdk.errors" for name in (
         "IronCageError", "BudgetExceededError", "SafetyViolationError", "InvalidTokenError",
         "InvalidRequestError", "RateLimitedError", "CircuitOpenError",
@@ -41,7 +42,8 @@ _EXPORTS = {
 __all__ = [
     "AgentDisabledError", "BudgetConfig", "BudgetExceededError", "CircuitOpenError",
     "InvalidRequestError", "InvalidTokenError", "IronCageError", "ModelNotAllowedError",
-    "ModelNotFoundError", "OutsideSessionError", "PolicyViolationError", "RateLimitedError",
+    "ModelNotFoundError", "OutsideSessionError", "Policy", "PolicyViolationError",
+    "RateLimitedError",
     "ReliabilityConfig", "Runtime", "RuntimeConfig", "RuntimeUnavailableError",
     "SafetyConfig", "SafetyViolationError", "Session", "ToolNotAllowedError",
     "UnknownModelPriceError", "current_session", "get_runtime", "hookimpl", "llm_call",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:
     )
     from iron_sdk.guard import llm_call
     from iron_sdk.hookspecs import hookimpl
+    from iron_sdk.policy.model import Policy
     from iron_sdk.protect import protect_agent
     from iron_sdk.runtime import Runtime, get_runtime, set_runtime
     from iron_sdk.session import Session, current_session

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from iron_sdk.call import LlmCall, ToolCall, Usage
     from iron_sdk.config import BudgetConfig, ReliabilityConfig, RuntimeConfig, SafetyConfig
     from iron_sdk.events import Event
+    from iron_sdk.policy.model import Policy
     from iron_sdk.pricing import ModelPrice
     from iron_sdk.request import LlmRequest
     from iron_sdk.session import Session
@@ -32,7 +33,7 @@ class GovernanceRuntime(Protocol):
                      budget_usd: float | None = None, budget: BudgetConfig | None = None,
                      safety: SafetyConfig | None = None,
                      reliability: ReliabilityConfig | None = None,
-                     scopes: tuple[str, ...] = ()) -> Session: ...
+                     scopes: tuple[str, ...] = (), policy: Policy | None = None) -> Session: ...
 
     def close_session(self, session: Session, error: BaseException | None = None) -> None: ...
 

@@ -12,6 +12,7 @@ from iron_sdk.session import Session, _current
 
 if TYPE_CHECKING:
     from iron_sdk.config import BudgetConfig, ReliabilityConfig, SafetyConfig
+    from iron_sdk.policy.model import Policy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,33 +23,44 @@ def protect_agent(fn: F, /) -> F: ...
 def protect_agent(ic_token: str | None = None, *, agent_id: str | None = None,
                   budget_usd: float | None = None, budget: BudgetConfig | None = None,
                   safety: SafetyConfig | None = None,
-                  reliability: ReliabilityConfig | None = None) -> Callable[[F], F]: ...
+                  reliability: ReliabilityConfig | None = None,
+                  policy: Policy | dict[str, Any] | None = None) -> Callable[[F], F]: ...
 
 
 def protect_agent(ic_token: Any = None, *, agent_id: str | None = None,
                   budget_usd: float | None = None, budget: BudgetConfig | None = None,
                   safety: SafetyConfig | None = None,
-                  reliability: ReliabilityConfig | None = None) -> Any:
+                  reliability: ReliabilityConfig | None = None,
+                  policy: Policy | dict[str, Any] | None = None) -> Any:
     """Put every LLM call the function makes under policy.
 
     Works bare (``@protect_agent``) or called, on plain, async, generator and async
     generator functions. ``ic_token`` names an agent whose budget lives in the ledger;
     without one the agent is ``agent_id`` or the function's qualified name.
     ``budget_usd`` caps each invocation. The token is checked at call time.
+    ``policy`` (a :class:`~iron_sdk.policy.Policy` or its fields: ``models``, ``tools``,
+    ``rpm``, ...) is what this code asks for itself: it only ever tightens the
+    operator's policy, the strictest value of every layer wins.
     """
     if callable(ic_token):  # bare @protect_agent
-        return _Protector(None, None, None, None, None, None)(ic_token)
-    return _Protector(ic_token, agent_id, budget_usd, budget, safety, reliability)
+        return _Protector(None, None, None, None, None, None, None)(ic_token)
+    return _Protector(ic_token, agent_id, budget_usd, budget, safety, reliability, policy)
 
 
 class _Protector:
     def __init__(self, ic_token: str | None, agent_id: str | None, budget_usd: float | None,
                  budget: BudgetConfig | None, safety: SafetyConfig | None,
-                 reliability: ReliabilityConfig | None) -> None:
+                 reliability: ReliabilityConfig | None,
+                 policy: Policy | dict[str, Any] | None) -> None:
         if budget_usd is not None and budget_usd <= 0:
             raise ValueError("budget_usd must be positive")
+        if isinstance(policy, dict):  # checked when decorating: a typo fails at import
+            from iron_sdk.policy.model import make_policy
+
+            policy = make_policy(policy)
         self.options = dict(ic_token=ic_token, agent_id=agent_id, budget_usd=budget_usd,
-                            budget=budget, safety=safety, reliability=reliability)
+                            budget=budget, safety=safety, reliability=reliability,
+                            policy=policy)
         from iron_sdk.plugins import instrument_frameworks
 
         instrument_frameworks()  # clients already imported are governed from now on

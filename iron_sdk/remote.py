@@ -41,6 +41,7 @@ from iron_sdk.usage import usage_to_dict
 
 if TYPE_CHECKING:
     from iron_sdk.events import Event
+    from iron_sdk.policy.model import Policy
     from iron_sdk.pricing import ModelPrice
     from iron_sdk.request import LlmRequest
 
@@ -202,10 +203,10 @@ class RemoteRuntime:
                      budget_usd: float | None = None, budget: BudgetConfig | None = None,
                      safety: SafetyConfig | None = None,
                      reliability: ReliabilityConfig | None = None,
-                     scopes: tuple[str, ...] = ()) -> Session:
+                     scopes: tuple[str, ...] = (), policy: Policy | None = None) -> Session:
         """Open a session in the router (which verifies ``ic_token``). Extra ``scopes``
         cannot cross the runtime API: the router takes scopes from the token and its own
-        config only."""
+        config only. ``policy`` is sent for the router to apply (it only tightens)."""
         if scopes:
             raise PolicyViolationError("scopes", "over the runtime API, budget scopes come "
                                        "from the IC token and the router's config only")
@@ -218,12 +219,15 @@ class RemoteRuntime:
                           ("reliability", reliability)):
             if cfg is not None:
                 body[name] = cfg.model_dump(mode="json", exclude_defaults=True)
+        if policy is not None:
+            body["policy"] = policy.model_dump(mode="json", exclude_none=True)
         try:
             reply = self._request("POST", "/sessions", body, ic_token)
         except _Unreachable as exc:
             self._fail_open(budget or BudgetConfig(), exc)
             session = _local_session(self, agent_id, ic_token, budget_usd, budget, safety,
                                      reliability)
+            session.policy = policy
         else:
             session = Session(
                 agent_id=reply["agent_id"], runtime=self,
@@ -231,7 +235,8 @@ class RemoteRuntime:
                 safety=self._config("safety", SafetyConfig, reply),
                 reliability=self._config("reliability", ReliabilityConfig, reply),
                 scopes=tuple(reply["scopes"]), cap_micro=reply["cap_micro"],
-                session_id=reply["session_id"], claims=reply["claims"], token=ic_token)
+                session_id=reply["session_id"], claims=reply["claims"], token=ic_token,
+                policy=policy)
             self._sessions[session.session_id] = session
             _mirror(session, reply["session"])
         self.hook.iron_session_start(session=session)

@@ -39,6 +39,7 @@ from iron_sdk.interface import GovernanceRuntime
 from iron_sdk.ledger import Ledger, MemoryLedger, open_ledger
 from iron_sdk.ledger.writer import WriteBehindLedger
 from iron_sdk.plugins import call_each, call_in_order, make_manager
+from iron_sdk.policy.model import Policy
 from iron_sdk.pricing import ModelPrice
 from iron_sdk.request import LlmRequest
 from iron_sdk.session import Session
@@ -73,14 +74,14 @@ class Runtime:
                      budget_usd: float | None = None, budget: BudgetConfig | None = None,
                      safety: SafetyConfig | None = None,
                      reliability: ReliabilityConfig | None = None,
-                     scopes: tuple[str, ...] = ()) -> Session:
+                     scopes: tuple[str, ...] = (), policy: Policy | None = None) -> Session:
         """Start a session; with ``ic_token`` the agent is the one the token names.
 
-        ``budget``, ``safety``, ``reliability`` and ``budget_usd`` come from the agent
-        (its ``@protect_agent`` arguments or its request) and may only tighten the
-        operator's config. ``scopes`` are extra budget scopes an integration derived from
-        an identity it verified itself (the LiteLLM proxy's team and user of a key),
-        never from the agent's code or request."""
+        ``budget``, ``safety``, ``reliability``, ``budget_usd`` and ``policy`` come from
+        the agent (its ``@protect_agent`` arguments or its request) and may only tighten
+        the operator's config and policy. ``scopes`` are extra budget scopes an
+        integration derived from an identity it verified itself (the LiteLLM proxy's team
+        and user of a key), never from the agent's code or request."""
         claims: dict[str, Any] = {}
         if ic_token:
             claims = self.tokens.verify(ic_token)
@@ -105,7 +106,8 @@ class Runtime:
             safety=self.config.safety.tightened(safety),
             reliability=self.config.reliability.tightened(reliability),
             scopes=tuple(dict.fromkeys(scopes)),
-            cap_micro=None if cap is None else round(cap * 1_000_000), claims=claims)
+            cap_micro=None if cap is None else round(cap * 1_000_000), claims=claims,
+            policy=policy)
         self.hook.iron_session_start(session=session)
         return session
 

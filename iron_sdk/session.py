@@ -13,6 +13,7 @@ from iron_sdk.errors import IronCageError, usd
 if TYPE_CHECKING:
     from iron_sdk.config import BudgetConfig, ReliabilityConfig, SafetyConfig
     from iron_sdk.interface import GovernanceRuntime
+    from iron_sdk.policy.model import Policy
 
 _current: ContextVar[Session | None] = ContextVar("iron_session", default=None)
 
@@ -34,6 +35,7 @@ class Session:
     calls: int = 0
     claims: dict[str, Any] = field(default_factory=dict)
     token: str | None = field(default=None, repr=False)  # the IC token (HTTP mode sends it)
+    policy: Policy | None = None  # what the agent's code asked for (only ever tightens)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

@@ -26,7 +26,12 @@ from iron_sdk import (
     BudgetConfig,
     BudgetExceededError,
     CircuitOpenError,
+    InvalidRequestError,
     InvalidTokenError,
+    IronCageError,
+    ModelNotAllowedError,
+    Policy,
+    PolicyViolationError,
     RateLimitedError,
     ReliabilityConfig,
     Runtime,
@@ -34,6 +39,7 @@ from iron_sdk import (
     RuntimeUnavailableError,
     SafetyConfig,
     SafetyViolationError,
+    ToolNotAllowedError,
     UnknownModelPriceError,
     current_session,
     get_runtime,
@@ -49,7 +55,7 @@ from iron_sdk.policies.audit import read_events
 from iron_sdk.remote import RemoteRuntime
 from iron_sdk.request import LlmRequest
 from tests.helpers import expected_micro
-from tests.router_util import ROOT, RouterProcess, free_port
+from tests.router_util import ROOT, RouterProcess, free_port, wait_until
 
 MSG = [{"role": "user", "content": "Say hello to the ledger."}]
 # The stand-in's failing models, priced the same way in both modes.
@@ -430,6 +436,59 @@ def test_tool_calls_are_audited(mode):
                                                          ("fetch", "failed")]
 
 
+def test_the_agents_own_policy_tightens_the_operators_and_never_widens_it(
+        mode, provider, client):
+    """``@protect_agent(policy=...)``: the code narrows what the operator allows (models,
+    tools, the output ceiling, rpm); a wider list or a higher ceiling than the operator's
+    changes nothing. The same in both modes (over HTTP the router applies it)."""
+    from iron_sdk.cli import main as cli
+
+    cli(["policy", "set", "careful", "--models", "gpt-4o*", "--tools", "search*,calc",
+         "--max-tokens", "200"])
+
+    @protect_agent(agent_id="careful", policy={
+        "models": ["gpt-4o-mini", "claude-*"], "tools": ["calc", "shell"],
+        "max_tokens": 500, "rpm": 3})
+    def agent(model: str = "gpt-4o-mini", tool: str | None = None, **kwargs: Any) -> Any:
+        session = current_session()
+        assert session.policy == Policy(models=("gpt-4o-mini", "claude-*"),
+                                        tools=("calc", "shell"), max_tokens=500, rpm=3)
+        if tool is not None:
+            session.runtime.end_tool(session.runtime.begin_tool(session, tool))
+            return None
+        return client.chat.completions.create(model=model, messages=MSG, **kwargs)
+
+    def refused(error: type[IronCageError], **kwargs: Any) -> IronCageError | None:
+        try:
+            agent(**kwargs)
+        except error as exc:
+            return exc
+        return None
+
+    # The operator's record reaches a running router at its next version check (<1 s).
+    shell = wait_until(lambda: refused(ToolNotAllowedError, tool="shell"),
+                       "the operator's tool list")
+    assert "policy of agent:careful" in str(shell)  # the code allowed it: not widened
+    assert "policy of agent code" in str(refused(ToolNotAllowedError, tool="search_docs"))
+    assert agent(tool="calc") is None
+    claude = refused(ModelNotAllowedError, model="claude-3-haiku-20240307")
+    assert claude is not None and "policy of agent:careful" in str(claude)
+    gpt4o = refused(ModelNotAllowedError, model="gpt-4o")
+    assert gpt4o is not None and "policy of agent code" in str(gpt4o)
+    ceiling = refused(PolicyViolationError, max_tokens=300)
+    assert ceiling is not None and "ceiling of 200" in str(ceiling)  # not the code's 500
+    assert provider.requests == []
+    agent(max_tokens=200)
+    agent()
+    assert provider.requests[-1]["max_tokens"] == 200  # the ceiling written in
+    agent()
+    limited = refused(RateLimitedError)  # the code's rpm of 3 (the operator set none)
+    assert isinstance(limited, RateLimitedError) and limited.retry_after > 0
+    assert len(provider.requests) == 3
+    with pytest.raises(InvalidRequestError, match="rpm"):
+        protect_agent(agent_id="careful", policy={"rpm": 0})
+
+
 def test_audit_has_no_prompt_text_pii_or_keys(mode, provider, client):
     @protect_agent(agent_id="audited")
     def agent():
@@ -600,6 +659,12 @@ def test_runtime_api_answers_client_mistakes_in_openai_shape(router):
              {}, 400, "invalid_request"),
             ("POST", "/sessions", json.dumps({"agent_id": "a", "budget_usd": "ten"}), {}, 400,
              "invalid_request"),
+            ("POST", "/sessions", json.dumps({"agent_id": "a", "policy": "gpt-4o"}), {}, 400,
+             "invalid_request"),
+            ("POST", "/sessions", json.dumps({"agent_id": "a", "policy": {"models": ["a b"]}}),
+             {}, 400, "invalid_request"),
+            ("POST", "/sessions", json.dumps({"agent_id": "a", "policy": {"rpm": 1.5}}), {},
+             400, "invalid_request"),
             ("POST", "/sessions", b"{}", {"authorization": "Basic abc"}, 401,
              "invalid_ic_token"),
             ("POST", "/sessions", b"{}", {"authorization": "Bearer not-a-jwt"}, 401,

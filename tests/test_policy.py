@@ -77,14 +77,14 @@ def test_effective_is_the_strictest_of_every_layer_and_names_sources():
         defaults=Policy(max_tokens=2000, tools=("search", "calc")),
         requested=Policy(rpm=50, pii="block", max_tokens=500, deny_tools=("calc",)))
     assert eff.rpm.value == 30 and eff.rpm.source == "agent:bob"  # request cannot loosen
-    assert eff.max_tokens.value == 500 and eff.max_tokens.source == "request"
-    assert eff.pii.value == "block" and eff.pii.source == "request"
+    assert eff.max_tokens.value == 500 and eff.max_tokens.source == "agent code"
+    assert eff.pii.value == "block" and eff.pii.source == "agent code"
     assert eff.tpm.value == 9000 and eff.tpm.source == "team:search"
     assert eff.model_refusal("gpt-4o-mini") is None
     assert eff.model_refusal("gpt-4o") == "global"  # denylists win over allowlists
     assert eff.model_refusal("claude-3") == "agent:bob"  # allowlists intersect
     assert eff.tool_refusal("search") is None
-    assert eff.tool_refusal("calc") == "request" and eff.tool_refusal("shell") == "config"
+    assert eff.tool_refusal("calc") == "agent code" and eff.tool_refusal("shell") == "config"
     doc = eff.to_json()
     assert doc["models"] == [{"value": ["gpt-4o*", "claude-*"], "source": "team:search"},
                              {"value": ["gpt-4o*"], "source": "agent:bob"}]

@@ -78,16 +78,18 @@ class OperatorPolicy:
             self.store.close()
 
     # -- what applies ----------------------------------------------------------------------
-    def effective_for(self, agent: str, scopes: tuple[str, ...]) -> EffectivePolicy:
-        """The agent's effective policy now (cached until the store's version moves)."""
+    def effective_for(self, agent: str, scopes: tuple[str, ...],
+                      requested: Policy | None = None) -> EffectivePolicy:
+        """The agent's effective policy now, with what its code ``requested`` (cached
+        until the store's version moves)."""
         assert self.store is not None
         snap = self.store.snapshot()
-        key = (agent, scopes)
+        key = (agent, scopes, requested)
         eff = snap.cache.get(key)
         if eff is None:
             names = (f"agent:{agent}", *scopes)
             eff = effective({s: snap.policies[s] for s in names if s in snap.policies},
-                            self.defaults)
+                            self.defaults, requested)
             if len(snap.cache) >= 4096:
                 snap.cache.clear()
             snap.cache[key] = eff
@@ -101,7 +103,7 @@ class OperatorPolicy:
             reason = self.store.is_revoked(session.claims)
             if reason:
                 return InvalidTokenError(reason)
-        if self.effective_for(session.agent_id, session.scopes).disabled:
+        if self.effective_for(session.agent_id, session.scopes, session.policy).disabled:
             return AgentDisabledError(session.agent_id)
         return None
 
@@ -145,7 +147,7 @@ class OperatorPolicy:
             if reason:
                 raise InvalidTokenError(reason)
         agent = session.agent_id
-        eff = self.effective_for(agent, session.scopes)
+        eff = self.effective_for(agent, session.scopes, session.policy)
         if not eff.restricts_calls:
             return
         if eff.disabled:
@@ -192,7 +194,7 @@ class OperatorPolicy:
             reason = self.store.is_revoked(session.claims)
             if reason:
                 raise InvalidTokenError(reason)
-        eff = self.effective_for(session.agent_id, session.scopes)
+        eff = self.effective_for(session.agent_id, session.scopes, session.policy)
         if eff.disabled:
             raise AgentDisabledError(session.agent_id)
         source = eff.tool_refusal(tool)

@@ -19,7 +19,7 @@ from iron_sdk.config import PII_STRICTNESS
 from iron_sdk.policy.model import Policy
 
 CONFIG = "config"
-REQUEST = "request"
+AGENT_CODE = "agent code"  # what the session asked for itself (@protect_agent(policy=...))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ def _layers(scopes: Mapping[str, Policy], defaults: Policy | None,
     if defaults is not None:
         yield CONFIG, defaults
     if requested is not None:
-        yield REQUEST, requested
+        yield AGENT_CODE, requested
 
 
 def effective(scopes: Mapping[str, Policy], defaults: Policy | None = None,
