@@ -58,7 +58,7 @@ from iron_router.errors import error_response, invalid
 from iron_router.runtime_registry import Entry, NotFound, owner_of, registry
 from iron_sdk.call import LlmCall, Usage
 from iron_sdk.errors import InvalidTokenError, IronCageError
-from iron_sdk.policy.model import make_policy
+from iron_sdk.policy.model import as_policy
 from iron_sdk.request import read_request
 from iron_sdk.runtime import collect_events
 from iron_sdk.usage import usage_from_dict
@@ -258,11 +258,7 @@ async def open_session(request: Request) -> Response:
     if budget_usd is not None and (type(budget_usd) not in (int, float)
                                    or not 0 < budget_usd < 1e12):
         raise _BadRequest("'budget_usd' must be a positive number.")
-    policy = body.get("policy")
-    if policy is not None:
-        if not isinstance(policy, dict):
-            raise _BadRequest("'policy' must be an object of policy fields.")
-        policy = make_policy(policy)  # InvalidRequestError (400) names the bad field
+    policy = as_policy(body.get("policy"))  # InvalidRequestError (400) names a bad field
     session = reg.runtime.open_session(agent_id, ic_token=token, budget_usd=budget_usd,
                                        policy=policy, **_configs(body))
     entry = reg.add(session, owner_of(token))

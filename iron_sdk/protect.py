@@ -54,10 +54,10 @@ class _Protector:
                  policy: Policy | dict[str, Any] | None) -> None:
         if budget_usd is not None and budget_usd <= 0:
             raise ValueError("budget_usd must be positive")
-        if isinstance(policy, dict):  # checked when decorating: a typo fails at import
-            from iron_sdk.policy.model import make_policy
+        if policy is not None:  # checked when decorating: a typo fails at import
+            from iron_sdk.policy.model import as_policy
 
-            policy = make_policy(policy)
+            policy = as_policy(policy)
         self.options = dict(ic_token=ic_token, agent_id=agent_id, budget_usd=budget_usd,
                             budget=budget, safety=safety, reliability=reliability,
                             policy=policy)

@@ -220,6 +220,10 @@ class RemoteRuntime:
             if cfg is not None:
                 body[name] = cfg.model_dump(mode="json", exclude_defaults=True)
         if policy is not None:
+            from iron_sdk.policy.model import as_policy  # the policy package, only if asked
+
+            policy = as_policy(policy)
+            assert policy is not None
             body["policy"] = policy.model_dump(mode="json", exclude_none=True)
         try:
             reply = self._request("POST", "/sessions", body, ic_token)

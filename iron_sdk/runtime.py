@@ -39,7 +39,7 @@ from iron_sdk.interface import GovernanceRuntime
 from iron_sdk.ledger import Ledger, MemoryLedger, open_ledger
 from iron_sdk.ledger.writer import WriteBehindLedger
 from iron_sdk.plugins import call_each, call_in_order, make_manager
-from iron_sdk.policy.model import Policy
+from iron_sdk.policy.model import Policy, as_policy
 from iron_sdk.pricing import ModelPrice
 from iron_sdk.request import LlmRequest
 from iron_sdk.session import Session
@@ -107,7 +107,7 @@ class Runtime:
             reliability=self.config.reliability.tightened(reliability),
             scopes=tuple(dict.fromkeys(scopes)),
             cap_micro=None if cap is None else round(cap * 1_000_000), claims=claims,
-            policy=policy)
+            policy=as_policy(policy))
         self.hook.iron_session_start(session=session)
         return session
 

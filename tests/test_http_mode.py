@@ -487,6 +487,8 @@ def test_the_agents_own_policy_tightens_the_operators_and_never_widens_it(
     assert len(provider.requests) == 3
     with pytest.raises(InvalidRequestError, match="rpm"):
         protect_agent(agent_id="careful", policy={"rpm": 0})
+    with pytest.raises(InvalidRequestError, match="Policy"):
+        protect_agent(agent_id="careful", policy="gpt-4o")  # type: ignore[arg-type]
 
 
 def test_audit_has_no_prompt_text_pii_or_keys(mode, provider, client):

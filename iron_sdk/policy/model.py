@@ -77,6 +77,16 @@ def make_policy(data: dict[str, Any]) -> Policy:
         raise InvalidRequestError(f"invalid policy field '{where}': {first['msg']}") from None
 
 
+def as_policy(value: Policy | dict[str, Any] | None) -> Policy | None:
+    """``value`` as a :class:`Policy` (a dict of its fields is validated); raises
+    :class:`InvalidRequestError` for anything else."""
+    if value is None or isinstance(value, Policy):
+        return value
+    if isinstance(value, dict):
+        return make_policy(value)
+    raise InvalidRequestError("'policy' must be a Policy or a dict of its fields.")
+
+
 def scope_of(name: str) -> str:
     """``research-bot`` → ``agent:research-bot``; ``team:x``, ``agent:x``, ``global`` kept.
 
