@@ -42,25 +42,24 @@ def protect_agent(ic_token: Any = None, *, agent_id: str | None = None,
     ``rpm``, ...) is what this code asks for itself: it only ever tightens the
     operator's policy, the strictest value of every layer wins.
     """
-    if callable(ic_token):  # bare @protect_agent
-        return _Protector(None, None, None, None, None, None, None)(ic_token)
-    return _Protector(ic_token, agent_id, budget_usd, budget, safety, reliability, policy)
+    bare = callable(ic_token)  # @protect_agent without arguments
+    protector = _Protector(dict(
+        ic_token=None if bare else ic_token, agent_id=agent_id, budget_usd=budget_usd,
+        budget=budget, safety=safety, reliability=reliability, policy=policy))
+    return protector(ic_token) if bare else protector
 
 
 class _Protector:
-    def __init__(self, ic_token: str | None, agent_id: str | None, budget_usd: float | None,
-                 budget: BudgetConfig | None, safety: SafetyConfig | None,
-                 reliability: ReliabilityConfig | None,
-                 policy: Policy | dict[str, Any] | None) -> None:
+    def __init__(self, options: dict[str, Any]) -> None:
+        """``options``: ``protect_agent``'s arguments, passed on to ``open_session``."""
+        budget_usd = options["budget_usd"]
         if budget_usd is not None and budget_usd <= 0:
             raise ValueError("budget_usd must be positive")
-        if policy is not None:  # checked when decorating: a typo fails at import
+        if options["policy"] is not None:  # checked when decorating: a typo fails at import
             from iron_sdk.policy.model import as_policy
 
-            policy = as_policy(policy)
-        self.options = dict(ic_token=ic_token, agent_id=agent_id, budget_usd=budget_usd,
-                            budget=budget, safety=safety, reliability=reliability,
-                            policy=policy)
+            options["policy"] = as_policy(options["policy"])
+        self.options = options
         from iron_sdk.plugins import instrument_frameworks
 
         instrument_frameworks()  # clients already imported are governed from now on

@@ -572,7 +572,7 @@ class SQLiteLedger(Ledger):
         fixed = self._hold_params.get(key)
         if fixed is None:  # once per scope list and period
             configs, total = self._configs, periods.TOTAL
-            built: list[object] = [_charge_json(pairs), sum(1 for key in pairs[1::2] if key)]
+            built: list[object] = [_charge_json(pairs), sum(1 for k in pairs[1::2] if k)]
             for i, scope in enumerate(uniq):
                 built += (scope, pairs[2 * i + 1], *configs.get(scope, total))
             if len(self._hold_params) >= 1024:
